@@ -1,0 +1,1 @@
+"""Loopdeck's benchmark suite. `python -m bench.run --help`; results in bench/RESULTS.md."""

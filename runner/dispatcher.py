@@ -1,0 +1,174 @@
+"""The dispatcher loop: flush the runs' pending writes and claim into free slots, in one
+transaction per cycle (a single writer per runner; SQLite has one writer anyway)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from shared.errors import DatabaseUnavailable
+from shared.store import ClaimedRun, ClaimRequest, RunWrites, Store
+from shared.store.claims import SUSPECT_CLAIMS
+
+from .active import ActiveRun, Outbox
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        runner_id: str,
+        *,
+        queues: tuple[str, ...],
+        workflows: tuple[str, ...],
+        concurrency: int,
+        poll_interval: float,
+        outbox: Outbox,
+        start: Callable[[ActiveRun], None],
+        metrics: Any = None,  # runner.metrics.RunnerMetrics
+    ) -> None:
+        self.metrics = metrics
+        self.store = store
+        self.runner_id = runner_id
+        self.queues = queues
+        self.workflows = workflows
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.outbox = outbox
+        self._start = start
+        self._lock = threading.Lock()
+        self.active: dict[str, ActiveRun] = {}
+        self.claiming = True
+        self.wake = threading.Event()
+        self._next_poll = 0.0
+        self._more_likely = True
+        self._retry_at = 0.0
+        self.last_claim_empty = False
+        self.claimed_total = 0
+        self.completed_total = 0
+        # Set by the daemon to the heartbeat's check; executions consult it between stages.
+        self.lease_valid: Callable[[], bool] = lambda: True
+
+    # -- state shared with other loops ---------------------------------------------------
+
+    def snapshot(self) -> list[ActiveRun]:
+        with self._lock:
+            return list(self.active.values())
+
+    def busy(self) -> int:
+        with self._lock:
+            return sum(1 for a in self.active.values() if not a.finished.is_set())
+
+    def holds_suspect(self) -> bool:
+        """Whether a run claimed after a rescue is still executing here (one at a time, so a
+        run that crashes its runner cannot take the same companions down twice)."""
+        with self._lock:
+            return any(
+                a.claimed.claim_count > SUSPECT_CLAIMS and not a.finished.is_set()
+                for a in self.active.values()
+            )
+
+    def adopt(self, claimed: ClaimedRun) -> ActiveRun:
+        active = ActiveRun(claimed, self.outbox, lease_valid=self.lease_valid)
+        with self._lock:
+            self.active[active.id] = active
+        self.claimed_total += 1
+        return active
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def claim_due(self, now: float) -> bool:
+        return (
+            self.claiming
+            and now >= self._retry_at
+            and self.concurrency - self.busy() > 0
+            and (self.wake.is_set() or self._more_likely or now >= self._next_poll)
+        )
+
+    def run_once(self, now: float | None = None) -> bool:
+        """One cycle. Returns True if it did anything."""
+        now = time.monotonic() if now is None else now
+        batches: list[tuple[ActiveRun, RunWrites]] = []
+        for active in self.outbox.drain():
+            batch = active.take_batch()
+            if batch is not None:
+                batches.append((active, batch))
+        claim = None
+        if self.claim_due(now):
+            self.wake.clear()
+            free = self.concurrency - self.busy()
+            claim = ClaimRequest(
+                self.runner_id, self.queues, self.workflows, free,
+                suspects=0 if self.holds_suspect() else 1,
+            )  # fmt: skip
+        if not batches and claim is None:
+            self._forget_done()
+            return False
+        started = time.perf_counter()
+        try:
+            outcomes, claimed = self.store.apply_run_writes([b for _, b in batches], claim)
+        except DatabaseUnavailable as exc:
+            for active, batch in batches:
+                active.restore(batch)
+            self._retry_at = now + 1.0
+            log.warning("dispatcher: %s; retrying in 1s", exc, extra={"action": "db_unavailable"})
+            return False
+        for (active, batch), outcome in zip(batches, outcomes, strict=True):
+            if self.metrics is not None:
+                if not outcome.applied and not active.lost.is_set():
+                    self.metrics.lease_lost.inc()
+                elif outcome.applied and not outcome.landed_earlier and "status" in batch.run:
+                    self.metrics.on_finished(active.claimed.workflow, batch.run["status"])
+            active.applied(outcome, batch)
+        if claim is not None and self.metrics is not None:
+            self.metrics.on_claim(time.perf_counter() - started, claimed)
+        if claim is not None:
+            self._more_likely = len(claimed) >= claim.limit
+            self.last_claim_empty = not claimed
+            self._next_poll = now + self.poll_interval * random.uniform(0.8, 1.2)
+            for c in claimed:
+                self._start(self.adopt(c))
+        self._forget_done()
+        if self.metrics is not None:
+            self.metrics.busy.set(self.busy())
+        return True
+
+    def _forget_done(self) -> None:
+        with self._lock:
+            done = [
+                run_id
+                for run_id, a in self.active.items()
+                if a.finished.is_set() and (a.flushed.is_set() or a.lost.is_set())
+            ]
+            for run_id in done:
+                del self.active[run_id]
+        self.completed_total += len(done)
+
+    def wait_for_work(self, timeout_cap: float = 1.0) -> None:
+        """Sleep until writes are pending, a wake-up arrives, or a claim poll is due."""
+        with self.outbox.cond:
+            if self.outbox.kicked or self.outbox.pending_unlocked():
+                self.outbox.kicked = False
+                return
+            now = time.monotonic()
+            timeout = timeout_cap
+            if self.claiming and self.concurrency - self.busy() > 0:
+                timeout = min(timeout, max(0.0, self._next_poll - now))
+            if timeout > 0:
+                self.outbox.cond.wait(timeout)
+            self.outbox.kicked = False
+
+    def flush_all(self, deadline: float) -> None:
+        """Apply every pending write (used while shutting down)."""
+        claiming, self.claiming = self.claiming, False
+        try:
+            while self.outbox.pending() and time.monotonic() < deadline:
+                self.run_once()
+        finally:
+            self.claiming = claiming

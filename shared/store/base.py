@@ -1,0 +1,113 @@
+"""Helpers shared by the store verb modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from ..clock import db_now_ms
+from ..db import Database
+from ..schema import audit, events
+
+
+class StatementCache:
+    """Built statements by shape, so a hot path reuses one statement object (whose SQLAlchemy
+    cache key is memoized) instead of building and cache-keying a new one per call."""
+
+    def __init__(self, limit: int = 512) -> None:
+        self._items: dict[Any, Any] = {}
+        self._limit = limit
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        stmt = self._items.get(key)
+        if stmt is None:
+            if len(self._items) >= self._limit:
+                self._items.clear()
+            stmt = self._items[key] = build()
+        return stmt
+
+
+class StoreBase(Database):
+    """What every verb mixin may use: the transaction shapes, the liveness settings and the
+    statement cache."""
+
+    stall_after_ms: int = 120_000
+    max_claims: int = 3
+    max_inputs_bytes: int = 64 * 1024
+    statements: StatementCache
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks for a change, for the audit log: `name` (token name, user@host, runner id)."""
+
+    name: str = "anonymous"
+    client: str | None = None
+    request_id: str | None = None
+    # A person named in the request (`requested_by`) when `name` is an API token's name.
+    on_behalf_of: str | None = None
+
+    @property
+    def person(self) -> str:
+        """Who to credit on the object itself (e.g. a task's last_rerun_by)."""
+        return self.on_behalf_of or self.name
+
+
+def now_expr(now_ms: int | None) -> Any:
+    """`now_ms` when a caller (a test, a loop's run_once) passes the time in; else the DB clock."""
+    return db_now_ms() if now_ms is None else now_ms
+
+
+def db_now(conn: Connection) -> int:
+    return int(conn.execute(select(db_now_ms())).scalar_one())
+
+
+def add_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Append events; every row needs run_id and type. created_at comes from the DB clock."""
+    if not rows:
+        return
+    full = [
+        {
+            "run_id": r["run_id"],
+            "task_id": r.get("task_id"),
+            "type": r["type"],
+            "stage": r.get("stage"),
+            "attempt": r.get("attempt"),
+            "message": r.get("message"),
+            "data": r.get("data"),
+        }
+        for r in rows
+    ]
+    conn.execute(_INSERT_EVENTS, full)
+
+
+_INSERT_EVENTS = insert(events).values(created_at=db_now_ms())
+_INSERT_AUDIT = insert(audit).values(at=db_now_ms())
+
+
+def add_audit(
+    conn: Connection,
+    actor: Actor | None,
+    action: str,
+    run_id: str | None,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    actor = actor or Actor()
+    if actor.on_behalf_of and actor.on_behalf_of != actor.name:
+        details = {**(details or {}), "requested_by": actor.on_behalf_of}
+    conn.execute(
+        _INSERT_AUDIT,
+        {
+            "actor": actor.name,
+            "action": action,
+            "run_id": run_id,
+            "reason": reason,
+            "details": details,
+            "request_id": actor.request_id,
+            "client": actor.client,
+        },
+    )

@@ -1,0 +1,271 @@
+"""Execution state, written only by the runner that holds the claim (DESIGN §2, §5).
+
+A runner does not write row by row. It hands `RunWrites` batches — one per run, holding the
+run's column changes, task inserts/updates, events and artifacts since the last flush — to
+`apply_run_writes`, which applies many runs' batches in one transaction (River's completer
+does the same), optionally claiming new runs in that same transaction.
+
+Fencing: each batch starts with a guarded UPDATE of its run,
+`WHERE id = :id AND claim_token = :token AND fence = :fence AND status = 'running'`, which also
+bumps `fence`. Zero rows means the lease is gone (reaped, reset, cancelled-and-finished): the
+batch's other writes are dropped and the runner is told. Because that UPDATE comes first, it also
+takes the run's row lock (PostgreSQL) for the rest of the transaction, so a concurrent reset or
+rescue — which updates the runs row first as well — waits for this batch and then sees it.
+On a retry after an ambiguous commit, `fence == :fence + 1` with our token means the first
+attempt landed: the batch is reported applied and not written twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, case, insert, select, tuple_, update
+
+from ..clock import db_now_ms
+from ..ids import new_id
+from ..schema import artifacts, runs, tasks
+from .approvals import route_released
+from .base import StatementCache, StoreBase, add_events
+from .claims import ClaimedRun, any_claimable, claim_rows, claim_statement, earlier_claim
+
+
+class _Now:
+    def __repr__(self) -> str:
+        return "NOW"
+
+
+NOW: Any = _Now()
+"""A value meaning "the database clock at write time"."""
+
+
+@dataclass
+class RunWrites:
+    run_id: str
+    token: str
+    fence: int
+    run: dict[str, Any] = field(default_factory=dict)
+    task_inserts: list[dict[str, Any]] = field(default_factory=list)
+    task_updates: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    # "waiting": the run's last batch gives the claim up at an approval gate (see approvals.py).
+    release_to: str | None = None
+
+
+@dataclass
+class WriteOutcome:
+    run_id: str
+    applied: bool
+    cancel_requested: bool = False
+    landed_earlier: bool = False  # a retry found this batch already committed
+    released_to: str | None = None  # where a release_to batch sent the run: waiting or queued
+
+
+@dataclass
+class ClaimRequest:
+    runner_id: str
+    queues: tuple[str, ...]
+    workflows: tuple[str, ...]
+    limit: int
+    # How many suspects (rescued runs, see claims.py) this claim may take: 1, or 0 while the
+    # runner still holds one. The rest of `limit` is filled with fresh runs only.
+    suspects: int = 1
+    token: str = field(default_factory=lambda: new_id("clm"))
+
+
+def _signature(values: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
+    return tuple(sorted((k, v is NOW) for k, v in values.items()))
+
+
+# One guard for every run of a batch: bump the fence where (id, token, fence) still match.
+_GUARD = (
+    update(runs)
+    .where(
+        tuple_(runs.c.id, runs.c.claim_token, runs.c.fence).in_(bindparam("keys", expanding=True)),
+        runs.c.status == "running",
+    )
+    .values(fence=runs.c.fence + 1)
+    .returning(runs.c.id, runs.c.cancel_requested_at)
+)
+_AFTER_AMBIGUOUS = select(
+    runs.c.id, runs.c.claim_token, runs.c.fence, runs.c.cancel_requested_at, runs.c.status
+).where(runs.c.id.in_(bindparam("ids", expanding=True)))
+_INSERT_ARTIFACTS = insert(artifacts).values(created_at=db_now_ms())
+# Give the claim up at an approval gate, not counting it towards the claim limit (like a
+# shutdown release); the status is settled after the batch's task writes (route_released).
+_RELEASE = (
+    update(runs)
+    .where(runs.c.id == bindparam("b_id"))
+    .values(
+        status="waiting",
+        claim_token=None,
+        claimed_by=None,
+        claimed_at=None,
+        heartbeat_at=None,
+        claim_count=case((runs.c.claim_count > 0, runs.c.claim_count - 1), else_=0),
+    )
+)
+
+
+def _setters(table: Any, sig: tuple[tuple[str, bool], ...]) -> dict[str, Any]:
+    return {
+        key: db_now_ms() if is_now else bindparam(f"b_{key}", type_=table.c[key].type)
+        for key, is_now in sig
+    }
+
+
+def _update_by_id(table: Any, sig: tuple[tuple[str, bool], ...]) -> Any:
+    return update(table).where(table.c.id == bindparam("b_id")).values(**_setters(table, sig))
+
+
+def _insert_now(table: Any, sig: tuple[tuple[str, bool], ...]) -> Any:
+    return insert(table).values(**{k: db_now_ms() for k, is_now in sig if is_now})
+
+
+def _params(row_id: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {"b_id": row_id, **{f"b_{k}": v for k, v in values.items() if v is not NOW}}
+
+
+def _guard(conn: Connection, batches: list[RunWrites], attempt: int) -> dict[str, WriteOutcome]:
+    keys = [(b.run_id, b.token, b.fence) for b in batches]
+    outcomes = {
+        row.id: WriteOutcome(row.id, True, row.cancel_requested_at is not None)
+        for row in conn.execute(_GUARD, {"keys": keys})
+    }
+    missing = [b for b in batches if b.run_id not in outcomes]
+    if missing and attempt > 1:
+        # A retry after an ambiguous commit: `fence + 1` with our token means it landed.
+        current = {
+            r.id: r for r in conn.execute(_AFTER_AMBIGUOUS, {"ids": [b.run_id for b in missing]})
+        }
+        for b in missing:
+            r = current.get(b.run_id)
+            if r is not None and r.claim_token == b.token and r.fence == b.fence + 1:
+                outcomes[b.run_id] = WriteOutcome(
+                    b.run_id, True, r.cancel_requested_at is not None, landed_earlier=True
+                )
+            # A release gave the token up; its fence (≥ 1, where a reset or a claim sets 0)
+            # stays until the next claim.
+            elif (
+                r is not None
+                and b.release_to is not None
+                and r.claim_token is None
+                and r.fence == b.fence + 1
+                and r.status in ("waiting", "queued")
+            ):
+                outcomes[b.run_id] = WriteOutcome(
+                    b.run_id, True, landed_earlier=True, released_to=r.status
+                )
+    for b in missing:
+        outcomes.setdefault(b.run_id, WriteOutcome(b.run_id, False))
+    return outcomes
+
+
+def _apply(
+    conn: Connection, batches: list[RunWrites], attempt: int, cache: StatementCache
+) -> list[WriteOutcome]:
+    outcomes = _guard(conn, batches, attempt)
+    run_updates: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    task_inserts: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    task_updates: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    event_rows: list[dict[str, Any]] = []
+    artifact_rows: list[dict[str, Any]] = []
+    for batch in batches:
+        outcome = outcomes[batch.run_id]
+        if not outcome.applied or outcome.landed_earlier:
+            continue
+        if batch.run:
+            run_updates[_signature(batch.run)].append(_params(batch.run_id, batch.run))
+        for row in batch.task_inserts:
+            task_inserts[_signature(row)].append({k: v for k, v in row.items() if v is not NOW})
+        # Updates are grouped by column set for executemany below, which would reorder two
+        # updates of one task (`succeeded` landing before its own `running`): merge each
+        # task's updates, in order, into one first.
+        merged: dict[str, dict[str, Any]] = {}
+        for task_id, values in batch.task_updates:
+            merged.setdefault(task_id, {}).update(values)
+        for task_id, values in merged.items():
+            task_updates[_signature(values)].append(_params(task_id, values))
+        event_rows.extend(batch.events)
+        artifact_rows.extend(batch.artifacts)
+    # The guard above holds the runs' rows (PostgreSQL) or the database (SQLite) until commit,
+    # so these need no token condition of their own.
+    for sig, params in run_updates.items():
+        conn.execute(cache.get(("run_update", sig), partial(_update_by_id, runs, sig)), params)
+    releases = [
+        {"b_id": b.run_id}
+        for b in batches
+        if b.release_to is not None
+        and outcomes[b.run_id].applied
+        and not outcomes[b.run_id].landed_earlier
+    ]
+    if releases:
+        conn.execute(_RELEASE, releases)
+    for sig, rows in task_inserts.items():
+        conn.execute(cache.get(("task_insert", sig), partial(_insert_now, tasks, sig)), rows)
+    for sig, params in task_updates.items():
+        conn.execute(cache.get(("task_update", sig), partial(_update_by_id, tasks, sig)), params)
+    add_events(conn, event_rows)
+    if artifact_rows:
+        conn.execute(_INSERT_ARTIFACTS, artifact_rows)
+    for batch in batches:
+        outcome = outcomes[batch.run_id]
+        if batch.release_to is not None and outcome.applied and not outcome.landed_earlier:
+            outcome.released_to = route_released(conn, batch.run_id)
+    return [outcomes[b.run_id] for b in batches]
+
+
+class ExecutionVerbs(StoreBase):
+    def apply_run_writes(
+        self, batches: list[RunWrites], claim: ClaimRequest | None = None
+    ) -> tuple[list[WriteOutcome], list[ClaimedRun]]:
+        """Apply fenced batches and, in the same transaction, claim up to `claim.limit` runs
+        (at most `claim.suspects` of them rescued ones, see claims.py)."""
+        claiming = (
+            claim is not None and claim.limit > 0 and bool(claim.queues) and bool(claim.workflows)
+        )
+
+        def claim_new(conn: Connection, req: ClaimRequest) -> list[ClaimedRun]:
+            queues, workflows = tuple(req.queues), tuple(req.workflows)
+
+            def run(suspect: bool, limit: int) -> list[Any]:
+                stmt = self.statements.get(
+                    ("claim", queues, workflows, suspect),
+                    lambda: claim_statement(
+                        queues, workflows, db_now_ms(), self.is_postgres, suspect=suspect
+                    ),
+                )
+                params = {"token": req.token, "runner_id": req.runner_id, "lim": limit}
+                return list(conn.execute(stmt, params).all())
+
+            rows = run(True, 1) if req.suspects > 0 else []
+            if req.limit > len(rows):
+                rows += run(False, req.limit - len(rows))
+            return claim_rows(conn, rows, req.runner_id)
+
+        # One writer at a time (SQLite, libSQL): an idle runner's poll must not take the write
+        # lock only to find nothing. A read first; claim when there is something.
+        if (
+            not batches
+            and claiming
+            and claim is not None
+            and self.is_sqlite
+            and not self.read(lambda conn: any_claimable(conn, claim.queues, claim.workflows))
+        ):
+            return [], []
+
+        def tx(conn: Connection, attempt: int) -> tuple[list[WriteOutcome], list[ClaimedRun]]:
+            outcomes = _apply(conn, batches, attempt, self.statements) if batches else []
+            claimed: list[ClaimedRun] = []
+            if claiming and claim is not None:
+                claimed = earlier_claim(conn, claim.token) if attempt > 1 else []
+                if not claimed:
+                    claimed = claim_new(conn, claim)
+            return outcomes, claimed
+
+        if not batches and not claiming:
+            return [], []
+        return self.write_attempts(tx)

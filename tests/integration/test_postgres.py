@@ -1,0 +1,151 @@
+"""What only PostgreSQL has: LISTEN/NOTIFY wake-up, SKIP LOCKED claims under concurrency, and
+the no-pool mode for serverless API processes. On the real server, a fresh database per test."""
+
+import contextlib
+import threading
+import time
+
+import psycopg
+import pytest
+from sqlalchemy.pool import NullPool
+
+from shared.settings import Settings
+from shared.store import Store
+from shared.store.feed import PostgresListenFeed, open_change_feed
+
+from ..helpers import wait_for
+
+
+@pytest.fixture
+def backend() -> str:
+    return "postgres"
+
+
+def _dsn(store: Store) -> str:
+    return store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def test_a_created_run_wakes_a_listening_feed_at_once(store):
+    feed = open_change_feed(store.engine, queues=["default"])
+    creator = threading.Timer(0.2, lambda: store.create_run("essay", {"topic": "b"}))
+    try:
+        assert isinstance(feed, PostgresListenFeed)
+        feed.wait(0.5)  # connects (and reports a possible miss)
+        assert feed.wait(0.05) is False
+        store.create_run("essay", {"topic": "a"}, queue="other")
+        assert feed.wait(0.3) is False, "a run on a queue we do not serve must not wake us"
+        started = time.monotonic()
+        creator.start()
+        assert feed.wait(10) is True
+        assert time.monotonic() - started < 2
+    finally:
+        if creator.is_alive():  # its connection must be back in the pool before the engine goes
+            creator.join(10)
+        feed.close()
+
+
+def test_the_feed_reconnects_after_its_connection_is_killed(store):
+    feed = PostgresListenFeed(_dsn(store), reconnect_delay=0.05)
+    try:
+        feed.wait(0.5)
+        with psycopg.connect(_dsn(store), autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'loopdeck-listen' AND datname = current_database()"
+            ).fetchall()
+        assert killed == [(True,)]
+        # The loss is reported as a possible change, then the feed listens again.
+        wait_for(lambda: feed.wait(0.2), 10, what="the feed to notice the lost connection")
+
+        def woken() -> bool:
+            store.create_run("essay", {"topic": "again"})
+            return feed.wait(1.0)
+
+        wait_for(woken, 15, what="a notification after reconnecting")
+    finally:
+        feed.close()
+
+
+def test_poll_mode_turns_the_listener_off(store):
+    feed = open_change_feed(store.engine, mode="poll")
+    assert not isinstance(feed, PostgresListenFeed)
+    feed.close()
+
+
+def test_null_pool_leaves_no_connection_open(db_url):
+    store = Store.from_settings(Settings(database_url=db_url, db_pool="null"))
+    try:
+        assert isinstance(store.engine.pool, NullPool)
+        store.list_runs()
+        store.stats()
+        with psycopg.connect(_dsn(store), autocommit=True) as admin:
+            open_conns = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'loopdeck'"
+            ).fetchone()
+        assert open_conns == (0,)
+    finally:
+        store.dispose()
+
+
+def test_concurrent_claimers_skip_locked_rows_and_never_share_one(store):
+    for i in range(60):
+        store.create_run("essay", {"topic": f"x{i}"})
+    got: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def claimer(name: str) -> None:
+        try:
+            while True:
+                claimed = store.claim_runs(name, queues=["default"], workflows=["essay"], limit=3)
+                if not claimed:
+                    return
+                got.setdefault(name, []).extend(c.id for c in claimed)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(f"rnr_{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    ids = [i for v in got.values() for i in v]
+    assert len(ids) == 60 and len(set(ids)) == 60
+
+
+def test_a_runner_frozen_in_a_transaction_does_not_hold_up_the_reaper(store, db_url):
+    # The frozen runner: a Loopdeck connection that locked the run's row and went silent.
+    from sqlalchemy import text
+
+    from shared.db import make_engine
+
+    run, _ = store.create_run("essay", {"topic": "frozen"})
+    store.claim_runs("rnr_frozen", queues=["default"], workflows=["essay"], limit=1)
+    frozen = make_engine(db_url, Settings(database_url=db_url, stall_after=2))
+    conn = frozen.connect()
+    conn.begin()
+    conn.execute(
+        text("UPDATE runs SET heartbeat_at = heartbeat_at WHERE id = :id"), {"id": run["id"]}
+    )
+    result: dict = {}
+    reaper = threading.Thread(target=lambda: result.update(r=store.reap_stalled(now_ms=10**13)))
+    started = time.monotonic()
+    try:
+        reaper.start()
+        reaper.join(15)
+        assert not reaper.is_alive(), "the reaper hung behind the frozen transaction"
+        assert [r["run_id"] for r in result["r"]] == [run["id"]]
+        assert time.monotonic() - started < 10
+    finally:
+        with psycopg.connect(_dsn(store), autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                "current_database() AND state LIKE 'idle in transaction%'"
+            )
+        reaper.join(15)
+        with contextlib.suppress(Exception):
+            conn.invalidate()  # its session was ended by the server: drop, do not reuse
+        with contextlib.suppress(Exception):
+            conn.close()
+        frozen.dispose()
