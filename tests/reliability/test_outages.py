@@ -25,7 +25,7 @@ from sqlalchemy import exc as sa_exc
 
 from api.app import create_app
 from runner.daemon import Runner, RunnerOptions
-from shared.errors import LoopdeckError
+from shared.errors import DatabaseUnavailable, LoopdeckError
 from shared.settings import Settings
 from shared.store import Store
 
@@ -94,6 +94,22 @@ def _faulty(db_url: str, timings: Timings, every: int) -> FaultyStore:
     )  # fmt: skip
 
 
+def _create_as_client(store: Store, key: str, retries: Counter[str]) -> str:
+    """Create a run the way an API client does: a 503 (DatabaseUnavailable: the store spent
+    its retry budget) is retried with the same idempotency key, so a create whose commit did
+    land is answered with that run rather than a second one. sqld 0.24 now and then stops
+    answering every stream for ~30 s (our request timeout) under this load, with or without
+    injected faults; a client sees that as a 503 or two."""
+    give_up = time.monotonic() + 150
+    while True:
+        try:
+            return str(store.create_run("three", {"ms": 5}, idempotency_key=key)[0]["id"])
+        except DatabaseUnavailable:
+            if time.monotonic() > give_up:
+                raise
+            retries["client_retries_after_503"] += 1
+
+
 @pytest.mark.all_backends
 def test_ambiguous_commit(backend, bstore, db_url, timings, caplog, oracle):
     """1 % of writes commit-then-raise and 1 % raise-without-commit, in the runners and the API
@@ -123,9 +139,10 @@ def test_ambiguous_commit(backend, bstore, db_url, timings, caplog, oracle):
         runners.append((runner, thread, result))
     api_store = _faulty(db_url, timings, every)
     created: list[str] = []
+    client_retries: Counter[str] = Counter()
     try:
-        for _ in range(scaled(200)):
-            created.append(api_store.create_run("three", {"ms": 5})[0]["id"])
+        for i in range(scaled(200)):
+            created.append(_create_as_client(api_store, f"ambiguous-{i}", client_retries))
         wait_terminal(bstore, created, timeout=180)
         alive = all(t.is_alive() for _, t, _ in runners)
     finally:
@@ -139,7 +156,7 @@ def test_ambiguous_commit(backend, bstore, db_url, timings, caplog, oracle):
     for runner, _, _ in runners:
         injected.update(runner.store.injected)  # type: ignore[attr-defined]
     everything = bstore.list_runs(limit=500)["runs"]
-    oracle(bstore, created, **dict(injected), created=len(created))
+    oracle(bstore, created, **dict(injected), created=len(created), **dict(client_retries))
     assert alive and all(r.get("code") == 0 for _, _, r in runners), [r for _, _, r in runners]
     assert len(everything) == len(created), "a retried create made a second run"
     assert injected["commit_then_raise"] > 0 and injected["raise_without_commit"] > 0, injected
