@@ -185,7 +185,10 @@ class Runner:
             self._spawn("reaper", self._reaper_loop)
         if not self.options.workflow_id:
             self.feed = open_change_feed(
-                self.store.engine, queues=self.options.queues, mode=self.settings.wakeup
+                self.store.engine,
+                self.settings.wakeup_interval,
+                queues=self.options.queues,
+                mode=self.settings.wakeup,
             )
             self._spawn("wakeup", self._wakeup_loop)
 

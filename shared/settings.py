@@ -96,6 +96,8 @@ class Settings:
     sqlite_synchronous: str = "NORMAL"
     db_pool: str = "default"
     wakeup: str = "auto"
+    # How often an idle SQLite runner reads `PRAGMA data_version` (the in-file change signal).
+    wakeup_interval: float = 0.010
     api_tokens: str = ""
     cron_secret: str = ""
     rate_limit: int = DEFAULT_RATE_LIMIT[0]  # 0: off
@@ -136,6 +138,7 @@ class Settings:
             sqlite_synchronous=sync,
             db_pool=pool,
             wakeup=wakeup,
+            wakeup_interval=_seconds(env, "LOOPDECK_WAKEUP_INTERVAL", 0.010, 0.001),
             api_tokens=env.get("LOOPDECK_API_TOKENS", ""),
             # Vercel's cron sends `Authorization: Bearer $CRON_SECRET`: its name is accepted too.
             cron_secret=env.get("LOOPDECK_CRON_SECRET") or env.get("CRON_SECRET") or "",

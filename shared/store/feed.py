@@ -42,7 +42,7 @@ class ChangeFeed:
 
 
 class SqliteDataVersionFeed(ChangeFeed):
-    def __init__(self, path: str, interval: float = 0.005) -> None:
+    def __init__(self, path: str, interval: float = 0.010) -> None:
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._interval = interval
         self._version = self._read()
@@ -149,7 +149,7 @@ class PostgresListenFeed(ChangeFeed):
 
 def open_change_feed(
     engine: Engine,
-    interval: float = 0.005,
+    interval: float = 0.010,
     *,
     queues: Iterable[str] | None = None,
     mode: str = "auto",

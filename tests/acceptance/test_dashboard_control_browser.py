@@ -176,8 +176,12 @@ def test_reset_a_stuck_run_to_a_step(up, page_factory, tmp_path):
     # Should the button be used anyway (a role changed since the page was drawn), the API's
     # 403 shows in the dialog.
     console.expect_http(403)
-    page.evaluate("document.querySelector('button[data-action=reset]').disabled = false")
-    reset.click()
+    # Enable and click in one task of the page: a live refresh landing between the two steps
+    # would redraw the button disabled again (seen on a loaded CI machine).
+    page.evaluate(
+        "() => { const b = document.querySelector('button[data-action=reset]');"
+        " b.disabled = false; b.click(); }"
+    )
     dialog = page.locator("#confirm")
     dialog.get_by_label("Reason (required)").fill("try it")
     dialog.get_by_role("button", name="Reset run").click()
