@@ -141,7 +141,7 @@ Index(
 Index("ix_runs_status_id", runs.c.status, runs.c.id)
 Index("ix_runs_workflow_id", runs.c.workflow, runs.c.id)
 Index("ix_runs_queue_id", runs.c.queue, runs.c.id)
-Index("ix_runs_parent_run_id", runs.c.parent_run_id)
+Index("ix_runs_parent_run_id_id", runs.c.parent_run_id, runs.c.id)
 Index("ix_runs_created_at", runs.c.created_at)
 
 tasks = Table(
