@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import math
 import os
 import random
 import sqlite3
@@ -38,21 +37,12 @@ import sys
 import time
 from pathlib import Path
 
-from .run import OUT, ROOT, WORKFLOWS, _free_port, _wait_http, log
+from shared.ids import new_id
 
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+from .run import OUT, ROOT, WORKFLOWS, _free_port, _pct, _wait_http, log
+
 WORKFLOW_NAMES = ("essay", "review", "summarise", "triage", "translate")
 BIG_RUN_EVENTS = 100_000
-
-
-def _id(prefix: str, ms: int, seq: int) -> str:
-    """A `shared.ids`-shaped id (time-sortable), deterministic for seeding."""
-    value = (ms << 80) | (seq & ((1 << 80) - 1))
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
 
 
 def seed(db: Path, n_runs: int, events_per_run: int) -> None:
@@ -91,7 +81,7 @@ def seed(db: Path, n_runs: int, events_per_run: int) -> None:
         run_rows, task_rows, event_rows = [], [], []
         for i in range(lo, min(n_runs, lo + batch)):
             created = start_ms + i * step_ms
-            rid = _id("run", created, i)
+            rid = new_id("run", created)
             roll = rng.random()
             status = "succeeded" if roll < 0.9 else "failed" if roll < 0.98 else "cancelled"
             if i >= n_runs - 20:
@@ -104,7 +94,7 @@ def seed(db: Path, n_runs: int, events_per_run: int) -> None:
                              None if status != "failed" else "score below threshold",
                              1, 1, created, None if done is None else created + 5, done,
                              json.dumps({"tokens": 1200, "cost_usd": 0.004})))  # fmt: skip
-            task_rows.append((_id("tsk", created, i), rid, "judge", 0, "[]",
+            task_rows.append((new_id("tsk", created), rid, "judge", 0, "[]",
                               "created" if status == "queued" else status, 1, created + 10, done))  # fmt: skip
             kinds = ["run.queued", "run.claimed", "stage.started"]
             kinds += ["log"] * max(0, events_per_run - 5) + ["stage.finished", "run.finished"]
@@ -134,7 +124,7 @@ def seed(db: Path, n_runs: int, events_per_run: int) -> None:
         log(f"seeded {min(n_runs, lo + batch):,} runs, {event_id:,} events "
             f"({time.monotonic() - t0:.0f} s)")  # fmt: skip
     # One long-lived run with a very long timeline.
-    big = _id("run", start_ms + n_runs * step_ms, n_runs + 1)
+    big = new_id("run", start_ms + n_runs * step_ms)
     conn.execute(
         "INSERT INTO runs (id, workflow, version, kind, config_snapshot, inputs, status,"
         " created_at, metrics) VALUES (?, 'essay', 'v1', 'loop', ?, '{}', 'succeeded', ?, '{}')",
@@ -238,11 +228,6 @@ def _emit(tag: str, rep: int, db: Path, row: dict[str, object]) -> None:
         fh.write(json.dumps(record) + "\n")
     log(f"reads rep {rep}: " + ", ".join(
         f"{k} {v['p50_ms']}/{v['p99_ms']}" for k, v in row.items() if isinstance(v, dict)))  # fmt: skip
-
-
-def _pct(values: list[float], p: int) -> float:
-    k = min(len(values) - 1, max(0, math.ceil(p / 100 * len(values)) - 1))
-    return round(values[k], 3)
 
 
 def main(argv: list[str] | None = None) -> int:
