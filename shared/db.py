@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -176,13 +177,45 @@ def _postgres_engine(url: str, settings: Settings) -> Engine:
             "application_name": "loopdeck",
             "options": f"-c idle_in_transaction_session_timeout={idle_ms}",
         },
-        "pool_pre_ping": True,
     }
     if settings.db_pool == "null":
         kwargs["poolclass"] = NullPool
     else:
         kwargs.update(pool_size=5, max_overflow=10, pool_timeout=5, pool_recycle=1800)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_after_idle(engine)
+    return engine
+
+
+PING_AFTER_IDLE_S = 5.0
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Pessimistic disconnect handling for connections that sat in the pool a while.
+
+    `pool_pre_ping` would ping on every checkout: one extra round trip per transaction, which
+    on a runner's dispatcher (a transaction every few milliseconds) was one round trip in ten.
+    A connection used moments ago is almost surely alive, and if it is not, the statement
+    fails with a disconnect, SQLAlchemy invalidates the pool and the verb's retry runs the
+    transaction again on a fresh connection. Only a connection idle for longer (an API process
+    between requests, a server restarted meanwhile) is pinged before use.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+            dbapi_conn.rollback()  # the ping may have opened a transaction
+        except Exception as exc:
+            # The pool discards this connection and checks out another (up to three times).
+            raise sa_exc.DisconnectionError(f"stale pooled connection: {exc}") from exc
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, literal_column, select
 
 from ..clock import db_now_ms
 from ..db import Database
@@ -54,6 +54,23 @@ class Actor:
     def person(self) -> str:
         """Who to credit on the object itself (e.g. a task's last_rerun_by)."""
         return self.on_behalf_of or self.name
+
+
+def const(value: str | int) -> Any:
+    """A constant written into the SQL text instead of bound as a parameter.
+
+    Partial indexes (`WHERE status = 'queued'`, DESIGN §3) serve a query only when the planner
+    can prove the index predicate from the query's own WHERE clause. A bound `status = $1`
+    proves nothing: PostgreSQL's generic plan for a prepared statement (psycopg prepares after
+    5 executions) and SQLite's planner (it does not look at bound values) then scan the table
+    instead — 4 ms per claim at 10,000 runs, growing with the table. Only our own constants go
+    through here, never user input.
+    """
+    if isinstance(value, int):
+        return literal_column(str(int(value)))
+    if "'" in value:
+        raise ValueError(f"not a plain constant: {value!r}")
+    return literal_column(f"'{value}'")
 
 
 def now_expr(now_ms: int | None) -> Any:

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, bindparam, case, exists, func, or_, select, u
 from ..clock import db_now_ms
 from ..ids import new_id
 from ..schema import runners, runs, tasks
-from .base import StoreBase, add_events, now_expr
+from .base import StoreBase, add_events, const, now_expr
 
 _CLAIM_RETURNING = (
     runs.c.id,
@@ -112,20 +112,26 @@ def _load_claimed(conn: Connection, rows: Sequence[Any]) -> list[ClaimedRun]:
     return claimed
 
 
-def claim_rows(conn: Connection, rows: Sequence[Any], runner_id: str) -> list[ClaimedRun]:
-    """Record run.claimed for freshly claimed rows and load them with their tasks."""
-    add_events(
-        conn,
-        [
-            {
-                "run_id": r.id,
-                "type": "run.claimed",
-                "message": f"claimed by {runner_id} (claim {r.claim_count})",
-                "data": {"runner_id": runner_id, "claim_count": r.claim_count},
-            }
-            for r in rows
-        ],
-    )
+def claim_rows(
+    conn: Connection,
+    rows: Sequence[Any],
+    runner_id: str,
+    earlier_events: Sequence[dict[str, Any]] = (),
+) -> list[ClaimedRun]:
+    """Record run.claimed for freshly claimed rows and load them with their tasks.
+
+    `earlier_events` (the same transaction's events not yet written) go into the same
+    INSERT, ahead of the claim's own: one statement instead of two."""
+    claimed_events = [
+        {
+            "run_id": r.id,
+            "type": "run.claimed",
+            "message": f"claimed by {runner_id} (claim {r.claim_count})",
+            "data": {"runner_id": runner_id, "claim_count": r.claim_count},
+        }
+        for r in rows
+    ]
+    add_events(conn, [*earlier_events, *claimed_events])
     return _load_claimed(conn, rows)
 
 
@@ -152,15 +158,15 @@ def _claimable(
     suspect: bool | None = None,
 ) -> list[Any]:
     conditions = [
-        runs.c.status == "queued",
+        runs.c.status == const("queued"),
         runs.c.queue.in_(list(queues)),
         runs.c.workflow.in_(list(workflows)),
         or_(runs.c.not_before.is_(None), runs.c.not_before <= now),
     ]
     if suspect is True:
-        conditions.append(runs.c.claim_count >= SUSPECT_CLAIMS)
+        conditions.append(runs.c.claim_count >= const(SUSPECT_CLAIMS))
     elif suspect is False:
-        conditions.append(runs.c.claim_count < SUSPECT_CLAIMS)
+        conditions.append(runs.c.claim_count < const(SUSPECT_CLAIMS))
     return conditions
 
 
@@ -325,7 +331,7 @@ class ClaimVerbs(StoreBase):
             if tokens:
                 for row in conn.execute(
                     update(runs)
-                    .where(runs.c.claim_token.in_(tokens), runs.c.status == "running")
+                    .where(runs.c.claim_token.in_(tokens), runs.c.status == const("running"))
                     .values(heartbeat_at=now)
                     .returning(runs.c.id, runs.c.claim_token, runs.c.cancel_requested_at)
                 ):

@@ -165,8 +165,15 @@ def _guard(conn: Connection, batches: list[RunWrites], attempt: int) -> dict[str
 
 
 def _apply(
-    conn: Connection, batches: list[RunWrites], attempt: int, cache: StatementCache
+    conn: Connection,
+    batches: list[RunWrites],
+    attempt: int,
+    cache: StatementCache,
+    events_out: list[dict[str, Any]] | None = None,
 ) -> list[WriteOutcome]:
+    """Apply the batches; returns their outcomes. With `events_out`, the batches' events are
+    appended there instead of inserted (the caller writes them with its own, in one
+    statement, later in the same transaction)."""
     outcomes = _guard(conn, batches, attempt)
     run_updates: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     task_inserts: dict[Any, list[dict[str, Any]]] = defaultdict(list)
@@ -208,9 +215,13 @@ def _apply(
         conn.execute(cache.get(("task_insert", sig), partial(_insert_now, tasks, sig)), rows)
     for sig, params in task_updates.items():
         conn.execute(cache.get(("task_update", sig), partial(_update_by_id, tasks, sig)), params)
-    add_events(conn, event_rows)
     if artifact_rows:
         conn.execute(_INSERT_ARTIFACTS, artifact_rows)
+    if events_out is None or releases:
+        # route_released writes events of its own, which must follow the batches' events.
+        add_events(conn, event_rows)
+    else:
+        events_out.extend(event_rows)
     for batch in batches:
         outcome = outcomes[batch.run_id]
         if batch.release_to is not None and outcome.applied and not outcome.landed_earlier:
@@ -228,7 +239,9 @@ class ExecutionVerbs(StoreBase):
             claim is not None and claim.limit > 0 and bool(claim.queues) and bool(claim.workflows)
         )
 
-        def claim_new(conn: Connection, req: ClaimRequest) -> list[ClaimedRun]:
+        def claim_new(
+            conn: Connection, req: ClaimRequest, pending_events: list[dict[str, Any]]
+        ) -> list[ClaimedRun]:
             queues, workflows = tuple(req.queues), tuple(req.workflows)
 
             def run(suspect: bool, limit: int) -> list[Any]:
@@ -244,7 +257,7 @@ class ExecutionVerbs(StoreBase):
             rows = run(True, 1) if req.suspects > 0 else []
             if req.limit > len(rows):
                 rows += run(False, req.limit - len(rows))
-            return claim_rows(conn, rows, req.runner_id)
+            return claim_rows(conn, rows, req.runner_id, pending_events)
 
         # One writer at a time (SQLite, libSQL): an idle runner's poll must not take the write
         # lock only to find nothing. A read first; claim when there is something.
@@ -258,12 +271,17 @@ class ExecutionVerbs(StoreBase):
             return [], []
 
         def tx(conn: Connection, attempt: int) -> tuple[list[WriteOutcome], list[ClaimedRun]]:
-            outcomes = _apply(conn, batches, attempt, self.statements) if batches else []
+            outcomes: list[WriteOutcome] = []
+            pending_events: list[dict[str, Any]] = []
+            if batches:
+                outcomes = _apply(conn, batches, attempt, self.statements, pending_events)
             claimed: list[ClaimedRun] = []
             if claiming and claim is not None:
                 claimed = earlier_claim(conn, claim.token) if attempt > 1 else []
                 if not claimed:
-                    claimed = claim_new(conn, claim)
+                    claimed = claim_new(conn, claim, pending_events)
+                    pending_events = []  # written with the claim's run.claimed events
+            add_events(conn, pending_events)
             return outcomes, claimed
 
         if not batches and not claiming:

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, case, func, or_, select
 
 from ..clock import db_now_ms
 from ..schema import runners, runs
-from .base import StoreBase
+from .base import StoreBase, const
 
 ACTIVE = ("queued", "running", "waiting")
 
@@ -60,7 +60,7 @@ class MetricsVerbs(StoreBase):
             }
             stalled = conn.execute(
                 select(func.count()).where(
-                    runs.c.status == "running", runs.c.heartbeat_at < now - stall
+                    runs.c.status == const("running"), runs.c.heartbeat_at < now - stall
                 )
             ).scalar_one()
             health = case((runners.c.heartbeat_at < now - stall, "stale"), else_="alive")

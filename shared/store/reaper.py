@@ -15,7 +15,7 @@ from sqlalchemy import Connection, case, select, text, update
 
 from ..clock import db_now_ms
 from ..schema import runners, runs, tasks
-from .base import StoreBase, add_events, now_expr
+from .base import StoreBase, add_events, const, now_expr
 
 
 def _rescue(
@@ -102,7 +102,7 @@ class ReaperVerbs(StoreBase):
             threshold = now_expr(now_ms) - stall
             row = conn.execute(
                 select(runs.c.id)
-                .where(runs.c.status == "running", runs.c.heartbeat_at < threshold)
+                .where(runs.c.status == const("running"), runs.c.heartbeat_at < threshold)
                 .limit(1)
             ).first()
             return row is not None
@@ -127,7 +127,7 @@ class ReaperVerbs(StoreBase):
                     runs.c.heartbeat_at,
                     db_now_ms().label("db_now"),
                 )
-                .where(runs.c.status == "running", runs.c.heartbeat_at < threshold)
+                .where(runs.c.status == const("running"), runs.c.heartbeat_at < threshold)
                 .order_by(runs.c.heartbeat_at)
                 .limit(limit)
             ).all()
