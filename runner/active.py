@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,10 +32,13 @@ class Outbox:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self._dirty: dict[str, ActiveRun] = {}
+        self._since: float | None = None  # when the oldest unflushed write was marked
         self.kicked = False
 
     def mark(self, run: ActiveRun) -> None:
         with self.cond:
+            if not self._dirty:
+                self._since = time.monotonic()
             self._dirty[run.id] = run
             self.cond.notify()
 
@@ -48,15 +52,17 @@ class Outbox:
         with self.cond:
             runs = list(self._dirty.values())
             self._dirty.clear()
+            self._since = None
             return runs
 
     def pending(self) -> bool:
         with self.cond:
             return bool(self._dirty)
 
-    def pending_unlocked(self) -> bool:
-        """`pending()` for a caller that already holds `cond`."""
-        return bool(self._dirty)
+    def pending_since_unlocked(self) -> float | None:
+        """When the oldest unflushed write was marked (None: nothing pending), for a caller
+        that already holds `cond`."""
+        return self._since if self._dirty else None
 
 
 class StopExecution(Exception):

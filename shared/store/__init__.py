@@ -14,6 +14,7 @@ from .approvals import ApprovalVerbs
 from .base import Actor, StatementCache
 from .claims import ClaimedRun, ClaimVerbs, HeartbeatResult
 from .execution import NOW, ClaimRequest, ExecutionVerbs, RunWrites, WriteOutcome
+from .fast import PreparedCache
 from .metrics import MetricsVerbs
 from .overview import OverviewVerbs
 from .queries import QueryVerbs, RunFilter
@@ -54,6 +55,7 @@ class Store(
     ) -> None:
         super().__init__(engine, retry_seconds=retry_seconds)
         self.statements = StatementCache()
+        self.prepared = PreparedCache(engine.dialect)
         self.stall_after_ms = stall_after_ms
         self.max_claims = max_claims
         self.max_inputs_bytes = max_inputs_bytes

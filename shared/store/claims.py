@@ -17,16 +17,30 @@ all together. (Released runs give their claim back, so they are never suspects.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, exists, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    bindparam,
+    case,
+    cast,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from ..clock import db_now_ms
 from ..ids import new_id
-from ..schema import runners, runs, tasks
+from ..schema import events, runners, runs, tasks
 from .base import StoreBase, add_events, const, now_expr
+from .fast import PreparedCache
 
 _CLAIM_RETURNING = (
     runs.c.id,
@@ -81,15 +95,44 @@ _TASKS_OF_RUNS = (
     .where(tasks.c.run_id.in_(bindparam("ids", expanding=True)))
     .order_by(tasks.c.position, tasks.c.attempt)
 )
+# The same for the runs of one claim, which share its token: a statement whose SQL does not
+# change with the number of runs (prepared once, see fast.py).
+_TASKS_OF_CLAIM = (
+    select(tasks)
+    .where(tasks.c.run_id.in_(select(runs.c.id).where(runs.c.claim_token == bindparam("token"))))
+    .order_by(tasks.c.position, tasks.c.attempt)
+)
 
 
-def _load_claimed(conn: Connection, rows: Sequence[Any]) -> list[ClaimedRun]:
+def _load_claimed(
+    conn: Connection, rows: Sequence[Any], prepared: PreparedCache | None = None
+) -> list[ClaimedRun]:
     if not rows:
         return []
-    ids = [r.id for r in rows]
-    task_rows: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
-    for t in conn.execute(_TASKS_OF_RUNS, {"ids": ids}):
-        task_rows[t.run_id].append(dict(t._mapping))
+    tokens = {r.claim_token for r in rows}
+    if prepared is not None and len(tokens) == 1:
+        task_rows = tasks_of_claim(conn, prepared, next(iter(tokens)))()
+    else:
+        task_rows = [
+            dict(t._mapping) for t in conn.execute(_TASKS_OF_RUNS, {"ids": [r.id for r in rows]})
+        ]
+    return claimed_runs(rows, task_rows)
+
+
+def tasks_of_claim(
+    conn: Connection, prepared: PreparedCache, token: str
+) -> Callable[[], list[dict[str, Any]]]:
+    """The tasks of the runs a claim took (started now, fetched by the returned function)."""
+    fetch = prepared.get("tasks_of_claim", lambda: _TASKS_OF_CLAIM).start(conn, {"token": token})
+    return lambda: [t._asdict() for t in fetch()]
+
+
+def claimed_runs(rows: Sequence[Any], task_rows: Iterable[dict[str, Any]]) -> list[ClaimedRun]:
+    """Claimed runs from the claim's RETURNING rows and their tasks (in position order)."""
+    by_run: dict[str, list[dict[str, Any]]] = {r.id: [] for r in rows}
+    for t in task_rows:
+        if t["run_id"] in by_run:
+            by_run[t["run_id"]].append(t)
     claimed = [
         ClaimedRun(
             id=r.id,
@@ -103,7 +146,7 @@ def _load_claimed(conn: Connection, rows: Sequence[Any]) -> list[ClaimedRun]:
             claim_count=r.claim_count,
             cancel_requested=r.cancel_requested_at is not None,
             metrics=r.metrics or {},
-            tasks=task_rows[r.id],
+            tasks=by_run[r.id],
             queued_ms=r.queued_ms,
         )
         for r in rows
@@ -112,16 +155,43 @@ def _load_claimed(conn: Connection, rows: Sequence[Any]) -> list[ClaimedRun]:
     return claimed
 
 
+def claimed_events_statement(postgres: bool) -> Any:
+    """run.claimed for every run of one claim (parameters `token`, `runner_id`), written from
+    the claimed rows themselves: the statement need not wait for the claim's result."""
+    runner_id = bindparam("runner_id", type_=String)
+    build_object = func.json_build_object if postgres else func.json_object
+    source = (
+        select(
+            runs.c.id,
+            literal("run.claimed"),
+            literal("claimed by ")
+            + runner_id
+            + literal(" (claim ")
+            + cast(runs.c.claim_count, String)
+            + literal(")"),
+            build_object(
+                literal("runner_id"), runner_id, literal("claim_count"), runs.c.claim_count
+            ),
+            db_now_ms(),
+        )
+        .where(runs.c.claim_token == bindparam("token"))
+        .order_by(runs.c.id)
+    )
+    return insert(events).from_select(["run_id", "type", "message", "data", "created_at"], source)
+
+
 def claim_rows(
     conn: Connection,
     rows: Sequence[Any],
     runner_id: str,
     earlier_events: Sequence[dict[str, Any]] = (),
+    prepared: PreparedCache | None = None,
 ) -> list[ClaimedRun]:
     """Record run.claimed for freshly claimed rows and load them with their tasks.
 
     `earlier_events` (the same transaction's events not yet written) go into the same
-    INSERT, ahead of the claim's own: one statement instead of two."""
+    INSERT, ahead of the claim's own: one statement instead of two. With `prepared`, the
+    statements are the prepared ones (fast.py)."""
     claimed_events = [
         {
             "run_id": r.id,
@@ -131,8 +201,8 @@ def claim_rows(
         }
         for r in rows
     ]
-    add_events(conn, [*earlier_events, *claimed_events])
-    return _load_claimed(conn, rows)
+    add_events(conn, [*earlier_events, *claimed_events], prepared)
+    return _load_claimed(conn, rows, prepared)
 
 
 def _claim_values(token: Any, runner_id: Any, now: Any) -> dict[str, Any]:
@@ -159,8 +229,10 @@ def _claimable(
 ) -> list[Any]:
     conditions = [
         runs.c.status == const("queued"),
-        runs.c.queue.in_(list(queues)),
-        runs.c.workflow.in_(list(workflows)),
+        # Each value its own parameter, not one expanding list: the statement's SQL then stays
+        # the same from call to call (prepared once, see fast.py).
+        runs.c.queue.in_([literal(q) for q in queues]),
+        runs.c.workflow.in_([literal(w) for w in workflows]),
         or_(runs.c.not_before.is_(None), runs.c.not_before <= now),
     ]
     if suspect is True:

@@ -17,19 +17,43 @@ attempt landed: the batch is reported applied and not written twice.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, insert, select, tuple_, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Integer,
+    String,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 
 from ..clock import db_now_ms
 from ..ids import new_id
 from ..schema import artifacts, runs, tasks
 from .approvals import route_released
-from .base import StatementCache, StoreBase, add_events
-from .claims import ClaimedRun, any_claimable, claim_rows, claim_statement, earlier_claim
+from .base import StoreBase, add_events, const
+from .claims import (
+    ClaimedRun,
+    any_claimable,
+    claim_statement,
+    claimed_events_statement,
+    claimed_runs,
+    earlier_claim,
+    tasks_of_claim,
+)
+from .fast import Prepared, PreparedCache, pipeline
 
 
 class _Now:
@@ -80,16 +104,54 @@ def _signature(values: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
     return tuple(sorted((k, v is NOW) for k, v in values.items()))
 
 
-# One guard for every run of a batch: bump the fence where (id, token, fence) still match.
-_GUARD = (
-    update(runs)
-    .where(
-        tuple_(runs.c.id, runs.c.claim_token, runs.c.fence).in_(bindparam("keys", expanding=True)),
-        runs.c.status == "running",
+def _guard_statement(postgres: bool) -> Any:
+    """One guard for every run of a cycle: bump the fence where (id, token, fence) still match.
+
+    The keys arrive as one parameter (a JSON array on SQLite, three arrays on PostgreSQL), so
+    the statement's SQL is the same whatever the number of runs (prepared once, fast.py); the
+    `id IN` half lets the planner take the primary key."""
+    if postgres:
+        keys = (
+            func.unnest(
+                bindparam("ids", type_=ARRAY(String)),
+                bindparam("tokens", type_=ARRAY(String)),
+                bindparam("fences", type_=ARRAY(Integer)),
+            )
+            .table_valued("id", "token", "fence")
+            .render_derived(name="k")
+        )
+        key_rows = select(keys.c.id, keys.c.token, keys.c.fence)
+        ids = select(keys.c.id)
+    else:
+        each = func.json_each(bindparam("keys", type_=String)).table_valued("value")
+        key_rows = select(
+            func.json_extract(each.c.value, "$[0]"),
+            func.json_extract(each.c.value, "$[1]"),
+            func.json_extract(each.c.value, "$[2]"),
+        )
+        ids = select(func.json_extract(each.c.value, "$[0]"))
+    return (
+        update(runs)
+        .where(
+            runs.c.id.in_(ids),
+            tuple_(runs.c.id, runs.c.claim_token, runs.c.fence).in_(key_rows),
+            runs.c.status == const("running"),
+        )
+        .values(fence=runs.c.fence + 1)
+        .returning(runs.c.id, runs.c.cancel_requested_at)
     )
-    .values(fence=runs.c.fence + 1)
-    .returning(runs.c.id, runs.c.cancel_requested_at)
-)
+
+
+def _guard_params(batches: list[RunWrites], postgres: bool) -> dict[str, Any]:
+    if postgres:
+        return {
+            "ids": [b.run_id for b in batches],
+            "tokens": [b.token for b in batches],
+            "fences": [b.fence for b in batches],
+        }
+    return {"keys": json.dumps([[b.run_id, b.token, b.fence] for b in batches])}
+
+
 _AFTER_AMBIGUOUS = select(
     runs.c.id, runs.c.claim_token, runs.c.fence, runs.c.cancel_requested_at, runs.c.status
 ).where(runs.c.id.in_(bindparam("ids", expanding=True)))
@@ -129,11 +191,14 @@ def _params(row_id: str, values: dict[str, Any]) -> dict[str, Any]:
     return {"b_id": row_id, **{f"b_{k}": v for k, v in values.items() if v is not NOW}}
 
 
-def _guard(conn: Connection, batches: list[RunWrites], attempt: int) -> dict[str, WriteOutcome]:
-    keys = [(b.run_id, b.token, b.fence) for b in batches]
+def _guard(
+    conn: Connection, batches: list[RunWrites], attempt: int, prepared: PreparedCache
+) -> dict[str, WriteOutcome]:
+    postgres = conn.dialect.name == "postgresql"
+    guard = prepared.get(("guard", postgres), partial(_guard_statement, postgres))
     outcomes = {
         row.id: WriteOutcome(row.id, True, row.cancel_requested_at is not None)
-        for row in conn.execute(_GUARD, {"keys": keys})
+        for row in guard.rows(conn, _guard_params(batches, postgres))
     }
     missing = [b for b in batches if b.run_id not in outcomes]
     if missing and attempt > 1:
@@ -168,13 +233,13 @@ def _apply(
     conn: Connection,
     batches: list[RunWrites],
     attempt: int,
-    cache: StatementCache,
+    cache: PreparedCache,
     events_out: list[dict[str, Any]] | None = None,
 ) -> list[WriteOutcome]:
     """Apply the batches; returns their outcomes. With `events_out`, the batches' events are
     appended there instead of inserted (the caller writes them with its own, in one
     statement, later in the same transaction)."""
-    outcomes = _guard(conn, batches, attempt)
+    outcomes = _guard(conn, batches, attempt, cache)
     run_updates: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     task_inserts: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     task_updates: dict[Any, list[dict[str, Any]]] = defaultdict(list)
@@ -201,7 +266,7 @@ def _apply(
     # The guard above holds the runs' rows (PostgreSQL) or the database (SQLite) until commit,
     # so these need no token condition of their own.
     for sig, params in run_updates.items():
-        conn.execute(cache.get(("run_update", sig), partial(_update_by_id, runs, sig)), params)
+        cache.get(("run_update", sig), partial(_update_by_id, runs, sig)).executemany(conn, params)
     releases = [
         {"b_id": b.run_id}
         for b in batches
@@ -212,14 +277,17 @@ def _apply(
     if releases:
         conn.execute(_RELEASE, releases)
     for sig, rows in task_inserts.items():
-        conn.execute(cache.get(("task_insert", sig), partial(_insert_now, tasks, sig)), rows)
+        columns = [k for k, is_now in sig if not is_now]
+        statement = cache.get(("task_insert", sig), partial(_insert_now, tasks, sig), columns)
+        statement.executemany(conn, rows)
     for sig, params in task_updates.items():
-        conn.execute(cache.get(("task_update", sig), partial(_update_by_id, tasks, sig)), params)
+        statement = cache.get(("task_update", sig), partial(_update_by_id, tasks, sig))
+        statement.executemany(conn, params)
     if artifact_rows:
         conn.execute(_INSERT_ARTIFACTS, artifact_rows)
     if events_out is None or releases:
         # route_released writes events of its own, which must follow the batches' events.
-        add_events(conn, event_rows)
+        add_events(conn, event_rows, cache)
     else:
         events_out.extend(event_rows)
     for batch in batches:
@@ -239,25 +307,14 @@ class ExecutionVerbs(StoreBase):
             claim is not None and claim.limit > 0 and bool(claim.queues) and bool(claim.workflows)
         )
 
-        def claim_new(
-            conn: Connection, req: ClaimRequest, pending_events: list[dict[str, Any]]
-        ) -> list[ClaimedRun]:
+        def claim_statement_for(req: ClaimRequest, suspect: bool) -> Prepared:
             queues, workflows = tuple(req.queues), tuple(req.workflows)
-
-            def run(suspect: bool, limit: int) -> list[Any]:
-                stmt = self.statements.get(
-                    ("claim", queues, workflows, suspect),
-                    lambda: claim_statement(
-                        queues, workflows, db_now_ms(), self.is_postgres, suspect=suspect
-                    ),
-                )
-                params = {"token": req.token, "runner_id": req.runner_id, "lim": limit}
-                return list(conn.execute(stmt, params).all())
-
-            rows = run(True, 1) if req.suspects > 0 else []
-            if req.limit > len(rows):
-                rows += run(False, req.limit - len(rows))
-            return claim_rows(conn, rows, req.runner_id, pending_events)
+            return self.prepared.get(
+                ("claim", queues, workflows, suspect),
+                lambda: claim_statement(
+                    queues, workflows, db_now_ms(), self.is_postgres, suspect=suspect
+                ),
+            )
 
         # One writer at a time (SQLite, libSQL): an idle runner's poll must not take the write
         # lock only to find nothing. A read first; claim when there is something.
@@ -273,16 +330,38 @@ class ExecutionVerbs(StoreBase):
         def tx(conn: Connection, attempt: int) -> tuple[list[WriteOutcome], list[ClaimedRun]]:
             outcomes: list[WriteOutcome] = []
             pending_events: list[dict[str, Any]] = []
-            if batches:
-                outcomes = _apply(conn, batches, attempt, self.statements, pending_events)
-            claimed: list[ClaimedRun] = []
-            if claiming and claim is not None:
-                claimed = earlier_claim(conn, claim.token) if attempt > 1 else []
-                if not claimed:
-                    claimed = claim_new(conn, claim, pending_events)
-                    pending_events = []  # written with the claim's run.claimed events
-            add_events(conn, pending_events)
-            return outcomes, claimed
+            req = claim if claiming else None
+            if req is not None and attempt > 1:
+                earlier = earlier_claim(conn, req.token)
+                if earlier:
+                    if batches:
+                        outcomes = _apply(conn, batches, attempt, self.prepared)
+                    return outcomes, earlier
+            params = {} if req is None else {"token": req.token, "runner_id": req.runner_id}
+            suspects: list[Any] = []
+            if req is not None and req.suspects > 0:
+                # Before the rest: how many it took sets the fresh claim's limit.
+                suspects = claim_statement_for(req, True).rows(conn, {**params, "lim": 1})
+            # The rest goes out in one round trip on PostgreSQL (fast.pipeline) unless a
+            # batch needs SQLAlchemy's own execution (artifacts, releases, a retry's checks).
+            simple = attempt == 1 and not any(b.artifacts or b.release_to for b in batches)
+            with pipeline(conn) if simple else nullcontext():
+                if batches:
+                    outcomes = _apply(conn, batches, attempt, self.prepared, pending_events)
+                add_events(conn, pending_events, self.prepared)
+                if req is None:
+                    return outcomes, []
+                fresh: Callable[[], list[Any]] = list
+                if req.limit > len(suspects):
+                    fresh = claim_statement_for(req, False).start(
+                        conn, {**params, "lim": req.limit - len(suspects)}
+                    )
+                self.prepared.get(
+                    ("claimed_events", self.is_postgres),
+                    partial(claimed_events_statement, self.is_postgres),
+                ).execute(conn, params)
+                task_rows = tasks_of_claim(conn, self.prepared, req.token)
+            return outcomes, claimed_runs([*suspects, *fresh()], task_rows())
 
         if not batches and not claiming:
             return [], []

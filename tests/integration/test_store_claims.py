@@ -82,9 +82,9 @@ def test_a_retried_batch_after_an_ambiguous_commit_is_not_applied_twice(store):
     batch = RunWrites(c.id, c.token, 0, run={"current_stage": "x"},
                       events=[{"run_id": c.id, "type": "stage.finished"}])  # fmt: skip
     store.write(
-        lambda conn: _apply(conn, [batch], 1, store.statements)
+        lambda conn: _apply(conn, [batch], 1, store.prepared)
     )  # committed, but "lost" reply
-    outcome = store.write(lambda conn: _apply(conn, [batch], 2, store.statements))  # the retry
+    outcome = store.write(lambda conn: _apply(conn, [batch], 2, store.prepared))  # the retry
     assert outcome[0].applied and outcome[0].landed_earlier
     types = [e["type"] for e in store.list_events(c.id)["events"]]
     assert types.count("stage.finished") == 1

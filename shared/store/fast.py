@@ -1,0 +1,216 @@
+"""The dispatcher's hot statements, executed at the driver level.
+
+A runner's dispatcher writes every run several times (claim, completion, events) through a
+handful of statements whose shape never changes. Going through `Connection.execute` costs each
+of them SQLAlchemy's per-call machinery — cache-key lookup, execution context, parameter
+construction, result wrapping — which profiled at about half of the dispatcher's Python time
+(bench/RESULTS.md). A `Prepared` statement is still written in SQLAlchemy Core and compiled by
+the engine's own dialect, once: its SQL text, parameter order and the types' bind and result
+processors (JSON in and out) are kept, and each call runs it on the connection's DBAPI cursor,
+inside the same transaction. Errors go through SQLAlchemy's own handling, so callers see the
+same wrapped exceptions (and a dropped connection is invalidated) as with `Connection.execute`.
+
+Only the drivers it was checked against take this path (sqlite3, psycopg); any other driver
+(libSQL's) runs the same statement through `Connection.execute`. Statements with expanding
+parameters (`IN :list`) cannot be prepared: their SQL changes with the list's length.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+
+_FAST_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
+
+
+class Prepared:
+    """One Core statement compiled for one dialect (see the module docstring)."""
+
+    def __init__(self, stmt: Any, dialect: Dialect, columns: Sequence[str] | None = None) -> None:
+        """`columns`: for an INSERT, the columns its parameter sets give (all of them, always)."""
+        self.stmt = stmt
+        self.fast = (dialect.name, dialect.driver) in _FAST_DRIVERS
+        if not self.fast:
+            return
+        compiled = stmt.compile(dialect=dialect, column_keys=list(columns) if columns else None)
+        if compiled.escaped_bind_names:
+            raise ValueError(f"parameter names that need escaping: {compiled.escaped_bind_names}")
+        if any(bp.expanding for bp in compiled.binds.values()):
+            raise ValueError("a statement with expanding parameters cannot be prepared")
+        self.sql: str = compiled.string
+        self._positional: tuple[str, ...] | None = (
+            tuple(compiled.positiontup) if compiled.positional else None
+        )
+        # The values written into the statement itself (`status == "running"` binds 'running'),
+        # run through their bind processors once; the caller's are processed per call.
+        self._defaults: dict[str, Any] = {}
+        self._bind: dict[str, Callable[[Any], Any]] = {}
+        for bp, name in compiled.bind_names.items():
+            proc = bp.type.dialect_impl(dialect).bind_processor(dialect)
+            if bp.required:
+                if proc is not None:
+                    self._bind[name] = proc
+                continue
+            value = bp.effective_value
+            self._defaults[name] = value if proc is None else proc(value)
+        self._required = frozenset(self._bind_names(compiled) - self._defaults.keys())
+        returned = _result_columns(stmt)
+        self._fields: tuple[str, ...] = tuple(c.key for c in returned)
+        self._result = [
+            (i, proc)
+            for i, c in enumerate(returned)
+            if (proc := c.type.dialect_impl(dialect).result_processor(dialect, None)) is not None
+        ]
+        self._row: Any = (
+            collections.namedtuple("Row", self._fields, rename=True) if returned else None
+        )
+
+    # -- parameters ------------------------------------------------------------------------
+
+    @staticmethod
+    def _bind_names(compiled: Any) -> set[str]:
+        return set(compiled.bind_names.values())
+
+    def _params(self, given: Mapping[str, Any]) -> Any:
+        values = dict(self._defaults)
+        bind = self._bind
+        for name, value in given.items():
+            proc = bind.get(name)
+            values[name] = value if proc is None else proc(value)
+        if not self._required <= values.keys():
+            missing = sorted(self._required - values.keys())
+            raise KeyError(f"missing parameters {missing} for {self.sql[:60]!r}…")
+        if self._positional is not None:
+            return tuple([values[name] for name in self._positional])
+        return values
+
+    # -- execution -------------------------------------------------------------------------
+
+    def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """Execute and return every result row (attribute access by column key)."""
+        return self.start(conn, params)()
+
+    def start(
+        self, conn: Connection, params: Mapping[str, Any] | None = None
+    ) -> Callable[[], list[Any]]:
+        """Execute; returns the function that fetches the rows. Inside `pipeline()` on
+        psycopg the statement is only queued: fetching waits for its result (a sync)."""
+        if not self.fast:
+            rows = list(conn.execute(self.stmt, dict(params or {})).all())
+            return lambda: rows
+        args = self._params(params or {})
+        cursor = self._run(conn, lambda c, p: c.execute(self.sql, p), args)
+        if conn.dialect.driver != "psycopg":
+            rows = self._fetch(conn, cursor, args)
+            return lambda: rows
+        return lambda: self._fetch(conn, cursor, args)
+
+    def _fetch(self, conn: Connection, cursor: Any, args: Any) -> list[Any]:
+        try:
+            raw = cursor.fetchall() if self._row is not None else []
+        except conn.dialect.loaded_dbapi.Error as exc:
+            conn._handle_dbapi_exception(exc, self.sql, args, cursor, None)  # noqa: SLF001
+            raise
+        finally:
+            cursor.close()
+        if self._row is None:
+            return []
+        make = self._row._make
+        if not self._result:
+            return [make(r) for r in raw]
+        out = []
+        for r in raw:
+            values = list(r)
+            for i, proc in self._result:
+                values[i] = proc(values[i])
+            out.append(make(values))
+        return out
+
+    def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> None:
+        """Execute once, discarding any result."""
+        if not self.fast:
+            conn.execute(self.stmt, dict(params or {}))
+            return
+        self._done(
+            conn, self._run(conn, lambda c, p: c.execute(self.sql, p), self._params(params or {}))
+        )
+
+    def executemany(self, conn: Connection, many: Iterable[Mapping[str, Any]]) -> None:
+        """Execute once per parameter set (the driver's executemany)."""
+        batch = list(many)
+        if not batch:
+            return
+        if not self.fast:
+            conn.execute(self.stmt, [dict(p) for p in batch])
+            return
+        params = [self._params(p) for p in batch]
+        self._done(conn, self._run(conn, lambda c, p: c.executemany(self.sql, p), params))
+
+    @staticmethod
+    def _done(conn: Connection, cursor: Any) -> None:
+        # In psycopg's pipeline mode the result is still to come: closing the cursor now
+        # would discard it unseen (an error in it is raised at the sync either way).
+        if conn.dialect.driver != "psycopg":
+            cursor.close()
+
+    def _run(self, conn: Connection, call: Callable[[Any, Any], Any], params: Any) -> Any:
+        dbapi_conn = conn.connection.driver_connection
+        cursor = dbapi_conn.cursor()  # type: ignore[union-attr]
+        try:
+            call(cursor, params)
+        except Exception as exc:
+            cursor.close()
+            if isinstance(exc, conn.dialect.loaded_dbapi.Error):
+                # SQLAlchemy's own error path: wraps it (DBAPIError subclasses, which the
+                # retry policy classifies) and invalidates the connection on a disconnect.
+                conn._handle_dbapi_exception(exc, self.sql, params, cursor, None)  # noqa: SLF001
+            raise
+        return cursor
+
+
+@contextmanager
+def pipeline(conn: Connection) -> Iterator[None]:
+    """On psycopg, the statements run inside are sent without waiting for each one's result:
+    one round trip for all of them (fetching a result forces the wait). Elsewhere a no-op.
+    Only prepared statements may run inside (SQLAlchemy's execution reads each result)."""
+    if conn.dialect.driver != "psycopg":
+        yield
+        return
+    dbapi_conn: Any = conn.connection.driver_connection
+    try:
+        with dbapi_conn.pipeline():
+            yield
+    except conn.dialect.loaded_dbapi.Error as exc:
+        conn._handle_dbapi_exception(exc, "(pipeline)", None, None, None)  # noqa: SLF001
+        raise
+
+
+def _result_columns(stmt: Any) -> Sequence[Any]:
+    if getattr(stmt, "is_select", False):
+        return list(stmt.selected_columns)
+    if getattr(stmt, "_returning", None):
+        return list(stmt.exported_columns)
+    return []
+
+
+class PreparedCache:
+    """Prepared statements by key, for one engine's dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._items: dict[Any, Prepared] = {}
+
+    def get(
+        self, key: Any, build: Callable[[], Any], columns: Sequence[str] | None = None
+    ) -> Prepared:
+        prepared = self._items.get(key)
+        if prepared is None:
+            if len(self._items) >= 512:
+                self._items.clear()
+            prepared = self._items[key] = Prepared(build(), self._dialect, columns)
+        return prepared
