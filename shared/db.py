@@ -119,12 +119,22 @@ def _begin_immediate_for_writes(engine: Engine) -> None:
     front. A DEFERRED transaction that upgrades to a write fails with SQLITE_BUSY at once
     instead of waiting, and may have read a snapshot another writer has since changed."""
 
+    raw = engine.dialect.driver == "pysqlite"
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("loopdeck_write"):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.exec_driver_sql("BEGIN")
+        sql = "BEGIN IMMEDIATE" if conn.get_execution_options().get("loopdeck_write") else "BEGIN"
+        if not raw:
+            conn.exec_driver_sql(sql)
+            return
+        # Straight to sqlite3: every transaction starts here, and exec_driver_sql's execution
+        # context cost more than the statement (an error still goes through SQLAlchemy).
+        dbapi_conn: Any = conn.connection.driver_connection
+        try:
+            dbapi_conn.execute(sql)
+        except sqlite3.Error as exc:
+            conn._handle_dbapi_exception(exc, sql, (), None, None)  # noqa: SLF001
+            raise
 
 
 def _sqlite_engine(url: str, path: str | None, settings: Settings, wait_seconds: float) -> Engine:
