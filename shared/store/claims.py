@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Connection,
     String,
+    any_,
     bindparam,
     case,
     cast,
@@ -97,9 +99,28 @@ _TASKS_OF_RUNS = (
 )
 # The same for the runs of one claim, which share its token: a statement whose SQL does not
 # change with the number of runs (prepared once, see fast.py).
+_CLAIM_RUN_IDS = select(runs.c.id).where(runs.c.claim_token == bindparam("token"))
 _TASKS_OF_CLAIM = (
     select(tasks)
-    .where(tasks.c.run_id.in_(select(runs.c.id).where(runs.c.claim_token == bindparam("token"))))
+    .where(tasks.c.run_id.in_(_CLAIM_RUN_IDS))
+    .order_by(tasks.c.position, tasks.c.attempt)
+)
+# PostgreSQL: `= ANY(ARRAY(…))` evaluates the ids once and probes the tasks index with them;
+# as `IN (subquery)` the generic plan of the prepared statement may hash-join a scan of tasks
+# (seen: 3-5 ms a claim with 20,000 runs, stale statistics after a burst of inserts).
+_TASKS_OF_CLAIM_PG = (
+    select(tasks)
+    .where(
+        tasks.c.run_id
+        == any_(
+            cast(
+                select(func.array_agg(runs.c.id))
+                .where(runs.c.claim_token == bindparam("token"))
+                .scalar_subquery(),
+                ARRAY(String),
+            )
+        )
+    )
     .order_by(tasks.c.position, tasks.c.attempt)
 )
 
@@ -123,7 +144,11 @@ def tasks_of_claim(
     conn: Connection, prepared: PreparedCache, token: str
 ) -> Callable[[], list[dict[str, Any]]]:
     """The tasks of the runs a claim took (started now, fetched by the returned function)."""
-    fetch = prepared.get("tasks_of_claim", lambda: _TASKS_OF_CLAIM).start(conn, {"token": token})
+    postgres = conn.dialect.name == "postgresql"
+    statement = prepared.get(
+        ("tasks_of_claim", postgres), lambda: _TASKS_OF_CLAIM_PG if postgres else _TASKS_OF_CLAIM
+    )
+    fetch = statement.start(conn, {"token": token})
     return lambda: [t._asdict() for t in fetch()]
 
 

@@ -107,9 +107,13 @@ def _signature(values: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
 def _guard_statement(postgres: bool) -> Any:
     """One guard for every run of a cycle: bump the fence where (id, token, fence) still match.
 
-    The keys arrive as one parameter (a JSON array on SQLite, three arrays on PostgreSQL), so
-    the statement's SQL is the same whatever the number of runs (prepared once, fast.py); the
-    `id IN` half lets the planner take the primary key."""
+    The keys arrive as one parameter (three arrays on PostgreSQL, a JSON array on SQLite), so
+    the SQL is the same whatever the number of runs (prepared once, fast.py), in the shape
+    each planner turns into one primary-key probe per key, generic plans included: a join
+    (`UPDATE … FROM unnest(…)`) on PostgreSQL, where `IN (SELECT … FROM unnest(…))` got a
+    scan of runs from the generic plan; `id IN (…)` on SQLite, whose planner drives an
+    UPDATE … FROM from the runs table instead."""
+    fence_bump = {"fence": runs.c.fence + 1}
     if postgres:
         keys = (
             func.unnest(
@@ -120,24 +124,31 @@ def _guard_statement(postgres: bool) -> Any:
             .table_valued("id", "token", "fence")
             .render_derived(name="k")
         )
-        key_rows = select(keys.c.id, keys.c.token, keys.c.fence)
-        ids = select(keys.c.id)
-    else:
-        each = func.json_each(bindparam("keys", type_=String)).table_valued("value")
-        key_rows = select(
-            func.json_extract(each.c.value, "$[0]"),
-            func.json_extract(each.c.value, "$[1]"),
-            func.json_extract(each.c.value, "$[2]"),
+        return (
+            update(runs)
+            .where(
+                runs.c.id == keys.c.id,
+                runs.c.claim_token == keys.c.token,
+                runs.c.fence == keys.c.fence,
+                runs.c.status == const("running"),
+            )
+            .values(**fence_bump)
+            .returning(runs.c.id, runs.c.cancel_requested_at)
         )
-        ids = select(func.json_extract(each.c.value, "$[0]"))
+    each = func.json_each(bindparam("keys", type_=String)).table_valued("value")
+    key_rows = select(
+        func.json_extract(each.c.value, "$[0]"),
+        func.json_extract(each.c.value, "$[1]"),
+        func.json_extract(each.c.value, "$[2]"),
+    )
     return (
         update(runs)
         .where(
-            runs.c.id.in_(ids),
+            runs.c.id.in_(select(func.json_extract(each.c.value, "$[0]"))),
             tuple_(runs.c.id, runs.c.claim_token, runs.c.fence).in_(key_rows),
             runs.c.status == const("running"),
         )
-        .values(fence=runs.c.fence + 1)
+        .values(**fence_bump)
         .returning(runs.c.id, runs.c.cancel_requested_at)
     )
 
