@@ -218,6 +218,10 @@ class Bench:
                         continue
                     except TimeoutError:
                         pass
+                    dead = [i for i, r in enumerate(runners) if r.poll() is not None]
+                    if dead:
+                        raise RuntimeError(f"runner drain-{dead[0]} exited during the drain "
+                                           f"(its log: {self.tmp / f'drain-{dead[0]}.log'})")  # fmt: skip
                     # An index probe, not a COUNT over the table: the watcher shares the
                     # machine with the runners it measures.
                     left = conn.execute(text(
@@ -379,8 +383,10 @@ def main(argv: list[str] | None = None) -> int:
                     bench.drain(rep, int(measure[-1]))
                 else:
                     getattr(bench, measure)(rep)
-    finally:
-        shutil.rmtree(bench.tmp, ignore_errors=True)
+    except BaseException:
+        print(f"bench: logs of this run kept in {bench.tmp}", file=sys.stderr)
+        raise
+    shutil.rmtree(bench.tmp, ignore_errors=True)
     return 0
 
 

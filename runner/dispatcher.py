@@ -138,7 +138,7 @@ class Dispatcher:
         if claim is not None and self.metrics is not None:
             self.metrics.on_claim(time.perf_counter() - started, claimed)
         if claim is not None:
-            self._more_likely = len(claimed) >= claim.limit
+            self._more_likely = claim.filled
             self.last_claim_empty = not claimed
             self._next_poll = now + self.poll_interval * random.uniform(0.8, 1.2)
             for c in claimed:

@@ -53,7 +53,7 @@ from .claims import (
     earlier_claim,
     tasks_of_claim,
 )
-from .fast import Prepared, PreparedCache, pipeline
+from .fast import Prepared, PreparedCache, commit_in_pipeline, pipeline
 
 
 class _Now:
@@ -98,6 +98,8 @@ class ClaimRequest:
     # runner still holds one. The rest of `limit` is filled with fresh runs only.
     suspects: int = 1
     token: str = field(default_factory=lambda: new_id("clm"))
+    # Set by the store: the claim took as many fresh runs as it asked for (more may wait).
+    filled: bool = False
 
 
 def _signature(values: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
@@ -347,12 +349,17 @@ class ExecutionVerbs(StoreBase):
                 if earlier:
                     if batches:
                         outcomes = _apply(conn, batches, attempt, self.prepared)
+                    req.filled = True  # as far as we know: claim again next cycle
                     return outcomes, earlier
             params = {} if req is None else {"token": req.token, "runner_id": req.runner_id}
-            suspects: list[Any] = []
-            if req is not None and req.suspects > 0:
-                # Before the rest: how many it took sets the fresh claim's limit.
-                suspects = claim_statement_for(req, True).rows(conn, {**params, "lim": 1})
+            # A suspect (see claims.py) takes one slot of the claim. With more than one free,
+            # one is kept for it and the suspect claim runs with the rest; with one, it runs
+            # first, since whether it found a suspect decides whether a fresh run fits.
+            suspects_due = req is not None and req.suspects > 0
+            suspects: Callable[[], list[Any]] = list
+            if req is not None and suspects_due and req.limit == 1:
+                found = claim_statement_for(req, True).rows(conn, {**params, "lim": 1})
+                suspects = lambda: found  # noqa: E731
             # The rest goes out in one round trip on PostgreSQL (fast.pipeline) unless a
             # batch needs SQLAlchemy's own execution (artifacts, releases, a retry's checks).
             simple = attempt == 1 and not any(b.artifacts or b.release_to for b in batches)
@@ -361,18 +368,29 @@ class ExecutionVerbs(StoreBase):
                     outcomes = _apply(conn, batches, attempt, self.prepared, pending_events)
                 add_events(conn, pending_events, self.prepared)
                 if req is None:
+                    if simple:
+                        commit_in_pipeline(conn)
                     return outcomes, []
+                fresh_limit = req.limit - (1 if suspects_due else 0)
+                if suspects_due and req.limit > 1:
+                    suspects = claim_statement_for(req, True).start(conn, {**params, "lim": 1})
+                elif suspects_due:
+                    fresh_limit = req.limit - len(suspects())
                 fresh: Callable[[], list[Any]] = list
-                if req.limit > len(suspects):
+                if fresh_limit > 0:
                     fresh = claim_statement_for(req, False).start(
-                        conn, {**params, "lim": req.limit - len(suspects)}
+                        conn, {**params, "lim": fresh_limit}
                     )
                 self.prepared.get(
                     ("claimed_events", self.is_postgres),
                     partial(claimed_events_statement, self.is_postgres),
                 ).execute(conn, params)
                 task_rows = tasks_of_claim(conn, self.prepared, req.token)
-            return outcomes, claimed_runs([*suspects, *fresh()], task_rows())
+                if simple:
+                    commit_in_pipeline(conn)
+            fresh_rows = fresh()
+            req.filled = fresh_limit > 0 and len(fresh_rows) >= fresh_limit
+            return outcomes, claimed_runs([*suspects(), *fresh_rows], task_rows())
 
         if not batches and not claiming:
             return [], []

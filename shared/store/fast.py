@@ -190,6 +190,21 @@ def pipeline(conn: Connection) -> Iterator[None]:
         raise
 
 
+def commit_in_pipeline(conn: Connection) -> None:
+    """Inside `pipeline()` on psycopg: queue COMMIT behind the statements already sent, so
+    they and the commit take one round trip; SQLAlchemy's own commit at the end of the
+    transaction then finds nothing to do. Elsewhere a no-op (the transaction commits as
+    usual). An error is SQLAlchemy's, as from a commit: the caller's retry sees it the same."""
+    if conn.dialect.driver != "psycopg":
+        return
+    dbapi_conn: Any = conn.connection.driver_connection
+    try:
+        dbapi_conn.commit()
+    except conn.dialect.loaded_dbapi.Error as exc:
+        conn._handle_dbapi_exception(exc, "COMMIT", None, None, None)  # noqa: SLF001
+        raise
+
+
 def _result_columns(stmt: Any) -> Sequence[Any]:
     if getattr(stmt, "is_select", False):
         return list(stmt.selected_columns)

@@ -226,3 +226,27 @@ def test_a_claim_never_takes_more_than_its_limit(store):
     for limit in (1, 2, 5):
         got = store.claim_runs(RUNNER, queues=["default"], workflows=["essay"], limit=limit)
         assert len(got) == limit, (limit, len(got))
+
+
+def test_a_claim_says_whether_more_runs_are_likely_waiting(store):
+    # The dispatcher claims again at once only while claims come back full. A claim that may
+    # take a suspect keeps one slot for it: with no suspect waiting it takes one run fewer
+    # than its limit, and must still count as full (else a draining runner waits a poll
+    # interval after every suspect check).
+    from shared.store import ClaimRequest
+
+    for i in range(6):
+        store.create_run("essay", {"topic": f"m{i}"})
+
+    def take(limit, suspects):
+        req = ClaimRequest(RUNNER, ("default",), ("essay",), limit, suspects=suspects)
+        return req, store.apply_run_writes([], req)[1]
+
+    req, got = take(4, 1)
+    assert len(got) == 3 and req.filled  # one slot kept for a suspect that was not there
+    req, got = take(2, 0)
+    assert len(got) == 2 and req.filled
+    req, got = take(4, 0)
+    assert len(got) == 1 and not req.filled  # the queue ran dry
+    req, got = take(1, 1)
+    assert got == [] and not req.filled
