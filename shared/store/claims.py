@@ -125,18 +125,11 @@ _TASKS_OF_CLAIM_PG = (
 )
 
 
-def _load_claimed(
-    conn: Connection, rows: Sequence[Any], prepared: PreparedCache | None = None
-) -> list[ClaimedRun]:
+def _load_claimed(conn: Connection, rows: Sequence[Any]) -> list[ClaimedRun]:
     if not rows:
         return []
-    tokens = {r.claim_token for r in rows}
-    if prepared is not None and len(tokens) == 1:
-        task_rows = tasks_of_claim(conn, prepared, next(iter(tokens)))()
-    else:
-        task_rows = [
-            dict(t._mapping) for t in conn.execute(_TASKS_OF_RUNS, {"ids": [r.id for r in rows]})
-        ]
+    ids = [r.id for r in rows]
+    task_rows = [dict(t._mapping) for t in conn.execute(_TASKS_OF_RUNS, {"ids": ids})]
     return claimed_runs(rows, task_rows)
 
 
@@ -205,29 +198,23 @@ def claimed_events_statement(postgres: bool) -> Any:
     return insert(events).from_select(["run_id", "type", "message", "data", "created_at"], source)
 
 
-def claim_rows(
-    conn: Connection,
-    rows: Sequence[Any],
-    runner_id: str,
-    earlier_events: Sequence[dict[str, Any]] = (),
-    prepared: PreparedCache | None = None,
-) -> list[ClaimedRun]:
-    """Record run.claimed for freshly claimed rows and load them with their tasks.
-
-    `earlier_events` (the same transaction's events not yet written) go into the same
-    INSERT, ahead of the claim's own: one statement instead of two. With `prepared`, the
-    statements are the prepared ones (fast.py)."""
-    claimed_events = [
-        {
-            "run_id": r.id,
-            "type": "run.claimed",
-            "message": f"claimed by {runner_id} (claim {r.claim_count})",
-            "data": {"runner_id": runner_id, "claim_count": r.claim_count},
-        }
-        for r in rows
-    ]
-    add_events(conn, [*earlier_events, *claimed_events], prepared)
-    return _load_claimed(conn, rows, prepared)
+def claim_rows(conn: Connection, rows: Sequence[Any], runner_id: str) -> list[ClaimedRun]:
+    """Record run.claimed for freshly claimed rows and load them with their tasks (the
+    dispatcher's claim does both without waiting for the rows: claimed_events_statement,
+    tasks_of_claim)."""
+    add_events(
+        conn,
+        [
+            {
+                "run_id": r.id,
+                "type": "run.claimed",
+                "message": f"claimed by {runner_id} (claim {r.claim_count})",
+                "data": {"runner_id": runner_id, "claim_count": r.claim_count},
+            }
+            for r in rows
+        ],
+    )
+    return _load_claimed(conn, rows)
 
 
 def _claim_values(token: Any, runner_id: Any, now: Any) -> dict[str, Any]:

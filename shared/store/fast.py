@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
@@ -58,7 +58,7 @@ class Prepared:
                 continue
             value = bp.effective_value
             self._defaults[name] = value if proc is None else proc(value)
-        self._required = frozenset(self._bind_names(compiled) - self._defaults.keys())
+        self._required = frozenset(set(compiled.bind_names.values()) - self._defaults.keys())
         returned = _result_columns(stmt)
         self._fields: tuple[str, ...] = tuple(c.key for c in returned)
         self._result = [
@@ -71,10 +71,6 @@ class Prepared:
         )
 
     # -- parameters ------------------------------------------------------------------------
-
-    @staticmethod
-    def _bind_names(compiled: Any) -> set[str]:
-        return set(compiled.bind_names.values())
 
     def _params(self, given: Mapping[str, Any]) -> Any:
         values = dict(self._defaults)
@@ -114,8 +110,7 @@ class Prepared:
         try:
             raw = cursor.fetchall() if self._row is not None else []
         except conn.dialect.loaded_dbapi.Error as exc:
-            conn._handle_dbapi_exception(exc, self.sql, args, cursor, None)  # noqa: SLF001
-            raise
+            _reraise(conn, exc, self.sql, args, cursor)
         finally:
             cursor.close()
         if self._row is None:
@@ -166,9 +161,7 @@ class Prepared:
         except Exception as exc:
             cursor.close()
             if isinstance(exc, conn.dialect.loaded_dbapi.Error):
-                # SQLAlchemy's own error path: wraps it (DBAPIError subclasses, which the
-                # retry policy classifies) and invalidates the connection on a disconnect.
-                conn._handle_dbapi_exception(exc, self.sql, params, cursor, None)  # noqa: SLF001
+                _reraise(conn, exc, self.sql, params, cursor)
             raise
         return cursor
 
@@ -186,8 +179,7 @@ def pipeline(conn: Connection) -> Iterator[None]:
         with dbapi_conn.pipeline():
             yield
     except conn.dialect.loaded_dbapi.Error as exc:
-        conn._handle_dbapi_exception(exc, "(pipeline)", None, None, None)  # noqa: SLF001
-        raise
+        _reraise(conn, exc, "(pipeline)")
 
 
 def commit_in_pipeline(conn: Connection) -> None:
@@ -201,8 +193,17 @@ def commit_in_pipeline(conn: Connection) -> None:
     try:
         dbapi_conn.commit()
     except conn.dialect.loaded_dbapi.Error as exc:
-        conn._handle_dbapi_exception(exc, "COMMIT", None, None, None)  # noqa: SLF001
-        raise
+        _reraise(conn, exc, "COMMIT")
+
+
+def _reraise(
+    conn: Connection, exc: Exception, sql: str, params: Any = None, cursor: Any = None
+) -> NoReturn:
+    """SQLAlchemy's own error path for a driver error: it raises the wrapped DBAPIError
+    subclass (which the retry policy classifies) and invalidates the connection when the
+    error means it was lost."""
+    conn._handle_dbapi_exception(exc, sql, params, cursor, None)  # noqa: SLF001
+    raise exc  # not reached: the call above always raises
 
 
 def _result_columns(stmt: Any) -> Sequence[Any]:
