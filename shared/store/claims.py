@@ -105,7 +105,8 @@ _TASKS_OF_CLAIM = (
     .where(tasks.c.run_id.in_(_CLAIM_RUN_IDS))
     .order_by(tasks.c.position, tasks.c.attempt)
 )
-# PostgreSQL: `= ANY(ARRAY(…))` evaluates the ids once and probes the tasks index with them;
+# PostgreSQL: `= ANY((SELECT array_agg(id) …))` evaluates the ids once (an InitPlan) and probes
+# the tasks index with them;
 # as `IN (subquery)` the generic plan of the prepared statement may hash-join a scan of tasks
 # (seen: 3-5 ms a claim with 20,000 runs, stale statistics after a burst of inserts).
 _TASKS_OF_CLAIM_PG = (
