@@ -54,9 +54,7 @@ async def create_run(request: Request) -> Response:
             field="Idempotency-Key",
         )
     store = resources(request).store
-    run, created = await call(
-        request,
-        store.create_run,
+    run, created = await store.create_run_async(
         body.workflow,
         body.inputs,
         queue=body.queue,

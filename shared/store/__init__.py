@@ -15,6 +15,7 @@ from .base import Actor, StatementCache
 from .claims import ClaimedRun, ClaimVerbs, HeartbeatResult
 from .execution import NOW, ClaimRequest, ExecutionVerbs, RunWrites, WriteOutcome
 from .fast import PreparedCache
+from .group import GroupCommit
 from .metrics import MetricsVerbs
 from .overview import OverviewVerbs
 from .queries import QueryVerbs, RunFilter
@@ -56,6 +57,7 @@ class Store(
         super().__init__(engine, retry_seconds=retry_seconds)
         self.statements = StatementCache()
         self.prepared = PreparedCache(engine.dialect)
+        self.creates = GroupCommit(self.create_group)
         self.stall_after_ms = stall_after_ms
         self.max_claims = max_claims
         self.max_inputs_bytes = max_inputs_bytes

@@ -114,6 +114,7 @@ def add_events(
 _INSERT_EVENTS = insert(events).values(created_at=db_now_ms())
 _EVENT_COLUMNS = ("run_id", "task_id", "type", "stage", "attempt", "message", "data")
 _INSERT_AUDIT = insert(audit).values(at=db_now_ms())
+_AUDIT_COLUMNS = ("actor", "action", "run_id", "reason", "details", "request_id", "client")
 
 
 def add_audit(
@@ -123,19 +124,23 @@ def add_audit(
     run_id: str | None,
     reason: str | None = None,
     details: dict[str, Any] | None = None,
+    prepared: PreparedCache | None = None,
 ) -> None:
+    """One audit row; with `prepared` (a hot path such as create), through a prepared
+    statement (fast.py)."""
     actor = actor or Actor()
     if actor.on_behalf_of and actor.on_behalf_of != actor.name:
         details = {**(details or {}), "requested_by": actor.on_behalf_of}
-    conn.execute(
-        _INSERT_AUDIT,
-        {
-            "actor": actor.name,
-            "action": action,
-            "run_id": run_id,
-            "reason": reason,
-            "details": details,
-            "request_id": actor.request_id,
-            "client": actor.client,
-        },
-    )
+    params = {
+        "actor": actor.name,
+        "action": action,
+        "run_id": run_id,
+        "reason": reason,
+        "details": details,
+        "request_id": actor.request_id,
+        "client": actor.client,
+    }
+    if prepared is None:
+        conn.execute(_INSERT_AUDIT, params)
+    else:
+        prepared.get("insert_audit", lambda: _INSERT_AUDIT, _AUDIT_COLUMNS).execute(conn, params)

@@ -31,10 +31,18 @@ _FAST_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
 class Prepared:
     """One Core statement compiled for one dialect (see the module docstring)."""
 
-    def __init__(self, stmt: Any, dialect: Dialect, columns: Sequence[str] | None = None) -> None:
-        """`columns`: for an INSERT, the columns its parameter sets give (all of them, always)."""
+    def __init__(
+        self,
+        stmt: Any,
+        dialect: Dialect,
+        columns: Sequence[str] | None = None,
+        *,
+        fast: bool = True,
+    ) -> None:
+        """`columns`: for an INSERT, the columns its parameter sets give (all of them, always).
+        `fast=False`: always through `Connection.execute` (code shared with a cold path)."""
         self.stmt = stmt
-        self.fast = (dialect.name, dialect.driver) in _FAST_DRIVERS
+        self.fast = fast and (dialect.name, dialect.driver) in _FAST_DRIVERS
         if not self.fast:
             return
         compiled = stmt.compile(dialect=dialect, column_keys=list(columns) if columns else None)
@@ -60,15 +68,13 @@ class Prepared:
             self._defaults[name] = value if proc is None else proc(value)
         self._required = frozenset(set(compiled.bind_names.values()) - self._defaults.keys())
         returned = _result_columns(stmt)
+        self._returned = returned
+        self._dialect = dialect
         self._fields: tuple[str, ...] = tuple(c.key for c in returned)
-        self._result = [
-            (i, proc)
-            for i, c in enumerate(returned)
-            if (proc := c.type.dialect_impl(dialect).result_processor(dialect, None)) is not None
-        ]
-        self._row: Any = (
-            collections.namedtuple("Row", self._fields, rename=True) if returned else None
-        )
+        # The result processors, made at the first fetch: some dialects pick one by the
+        # column's type code in the cursor's description (PostgreSQL's numerics).
+        self._result: list[tuple[int, Callable[[Any], Any]]] | None = None
+        self._row: Any = _row_class(self._fields) if returned else None
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -109,6 +115,8 @@ class Prepared:
     def _fetch(self, conn: Connection, cursor: Any, args: Any) -> list[Any]:
         try:
             raw = cursor.fetchall() if self._row is not None else []
+            if self._result is None and self._row is not None:
+                self._result = self._processors(cursor.description)
         except conn.dialect.loaded_dbapi.Error as exc:
             _reraise(conn, exc, self.sql, args, cursor)
         finally:
@@ -124,6 +132,16 @@ class Prepared:
             for i, proc in self._result:
                 values[i] = proc(values[i])
             out.append(make(values))
+        return out
+
+    def _processors(self, description: Any) -> list[tuple[int, Callable[[Any], Any]]]:
+        dialect = self._dialect
+        out = []
+        for i, column in enumerate(self._returned):
+            type_code = description[i][1] if description else None
+            proc = column.type.dialect_impl(dialect).result_processor(dialect, type_code)
+            if proc is not None:
+                out.append((i, proc))
         return out
 
     def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> None:
@@ -206,6 +224,12 @@ def _reraise(
     raise exc  # not reached: the call above always raises
 
 
+def _row_class(fields: Sequence[str]) -> Any:
+    """A named tuple that, like SQLAlchemy's Row, also offers `_mapping`."""
+    base: Any = collections.namedtuple("Row", list(fields), rename=True)  # type: ignore[misc]
+    return type("Row", (base,), {"__slots__": (), "_mapping": property(base._asdict)})
+
+
 def _result_columns(stmt: Any) -> Sequence[Any]:
     if getattr(stmt, "is_select", False):
         return list(stmt.selected_columns)
@@ -217,8 +241,10 @@ def _result_columns(stmt: Any) -> Sequence[Any]:
 class PreparedCache:
     """Prepared statements by key, for one engine's dialect."""
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, *, fast: bool = True) -> None:
+        """`fast=False`: a cache whose statements run through `Connection.execute`."""
         self._dialect = dialect
+        self._fast = fast
         self._items: dict[Any, Prepared] = {}
 
     def get(
@@ -228,5 +254,5 @@ class PreparedCache:
         if prepared is None:
             if len(self._items) >= 512:
                 self._items.clear()
-            prepared = self._items[key] = Prepared(build(), self._dialect, columns)
+            prepared = self._items[key] = Prepared(build(), self._dialect, columns, fast=self._fast)
         return prepared

@@ -2,29 +2,85 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy import exc as sa_exc
 
 from ..clock import db_now_ms
-from ..errors import Conflict, InvalidInput, NotFound
+from ..errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
 from ..ids import new_id
 from ..schema import ACTIVE_RUN_STATUSES, runs, tasks, workflows
 from ..workflows import definition_version, validate_inputs, workflow_from_definition
 from .base import Actor, StatementCache, StoreBase, add_audit, add_events, db_now
 from .detail import run_detail
-from .serialize import run_dict
+from .fast import PreparedCache
+from .group import GroupCommit
+from .serialize import RUN_FIELDS, run_dict
 
 MAX_QUEUE_LEN = 100
+
+
+@dataclass(frozen=True)
+class _Create:
+    """One create waiting for its group (see create_run)."""
+
+    workflow: str
+    inputs: Any
+    queue: str | None
+    priority: int | None
+    not_before_ms: int | None
+    origin: str
+    actor: Actor | None
+
+
 MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
 class RunVerbs(StoreBase):
     """Mixed into `shared.store.Store`."""
 
+    creates: GroupCommit[_Create, dict[str, Any]]  # made by Store: its `run_group` is ours
+
     # -- create ---------------------------------------------------------------------------
+
+    async def create_run_async(
+        self,
+        workflow: str,
+        inputs: Any = None,
+        *,
+        queue: str | None = None,
+        priority: int | None = None,
+        not_before_ms: int | None = None,
+        origin: str = "api",
+        idempotency_key: str | None = None,
+        actor: Actor | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """`create_run` for a caller on an event loop (the API): the common create waits for
+        its group commit without taking a worker thread; one with an Idempotency-Key runs
+        `create_run` in the loop's default executor."""
+        self._check_create(inputs, queue, not_before_ms)
+        if idempotency_key is None:
+            item = _Create(workflow, inputs, queue, priority, not_before_ms, origin, actor)
+            return await self.creates.submit_async(item), True
+        return await asyncio.to_thread(
+            functools.partial(
+                self.create_run, workflow, inputs, queue=queue, priority=priority,
+                not_before_ms=not_before_ms, origin=origin, idempotency_key=idempotency_key,
+                actor=actor,
+            )
+        )  # fmt: skip
+
+    def _check_create(self, inputs: Any, queue: str | None, not_before_ms: int | None) -> None:
+        check_inputs_size(inputs, self.max_inputs_bytes)
+        if queue is not None and not (0 < len(queue) <= MAX_QUEUE_LEN):
+            raise InvalidInput(f"queue must be 1–{MAX_QUEUE_LEN} characters", field="queue")
+        if not_before_ms is not None and not (0 <= not_before_ms <= MAX_TIME_MS):
+            raise InvalidInput("not_before must be between 1970 and 9999", field="not_before")
 
     def create_run(
         self,
@@ -41,12 +97,12 @@ class RunVerbs(StoreBase):
         snapshot: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """A new queued run. Returns (run, created); created is False on an idempotent repeat."""
-        check_inputs_size(inputs, self.max_inputs_bytes)
-        if queue is not None and not (0 < len(queue) <= MAX_QUEUE_LEN):
-            raise InvalidInput(f"queue must be 1–{MAX_QUEUE_LEN} characters", field="queue")
-        if not_before_ms is not None and not (0 <= not_before_ms <= MAX_TIME_MS):
-            raise InvalidInput("not_before must be between 1970 and 9999", field="not_before")
+        self._check_create(inputs, queue, not_before_ms)
 
+        if idempotency_key is None and parent_run_id is None and snapshot is None:
+            # The common create: it may share a transaction with concurrent ones (group.py).
+            item = _Create(workflow, inputs, queue, priority, not_before_ms, origin, actor)
+            return self.creates.submit(item), True
         run_id = new_id("run")
 
         def tx(conn: Connection, attempt: int) -> tuple[dict[str, Any], bool]:
@@ -72,8 +128,12 @@ class RunVerbs(StoreBase):
                 snapshot=snapshot,
                 notify=self.is_postgres,
                 parsed=self.statements,
+                prepared=self.prepared,
             )
-            add_audit(conn, actor, "run.create", row.id, details={"workflow": workflow})
+            add_audit(
+                conn, actor, "run.create", row.id, details={"workflow": workflow},
+                prepared=self.prepared,
+            )  # fmt: skip
             return run_dict(row, row.db_now, self.stall_after_ms), True
 
         try:
@@ -87,6 +147,61 @@ class RunVerbs(StoreBase):
                 raise
             return self._replay(existing, workflow, inputs), False
         return run, created
+
+    def create_group(self, items: list[_Create]) -> list[dict[str, Any] | BaseException]:
+        """Write concurrent creates in one transaction (GroupCommit's `run_group`): one run or
+        exception per item. An item the store refuses (unknown workflow, invalid inputs)
+        fails alone; if the transaction itself fails, each item is written alone, so one
+        item's error never becomes another's — except the database being unavailable, which
+        every item hears at once."""
+        try:
+            return self._write_creates(items)
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            if len(items) == 1:
+                raise
+        outcomes: list[dict[str, Any] | BaseException] = []
+        for item in items:
+            try:
+                outcomes += self._write_creates([item])
+            except Exception as exc:  # noqa: BLE001 - this item's answer
+                outcomes.append(exc)
+        return outcomes
+
+    def _write_creates(self, items: list[_Create]) -> list[dict[str, Any] | BaseException]:
+        run_ids = [new_id("run") for _ in items]
+
+        def tx(conn: Connection, attempt: int) -> list[dict[str, Any] | BaseException]:
+            outcomes: list[dict[str, Any] | BaseException] = []
+            queues: set[str] = set()
+            for item, run_id in zip(items, run_ids, strict=True):
+                if attempt > 1 and _exists(conn, run_id):
+                    # The previous attempt committed before its error (an ambiguous commit).
+                    outcomes.append(_fetch_run(conn, run_id, self.stall_after_ms))
+                    continue
+                try:
+                    row = _insert_run(
+                        conn, run_id=run_id, workflow=item.workflow, inputs=item.inputs,
+                        queue=item.queue, priority=item.priority,
+                        not_before_ms=item.not_before_ms, origin=item.origin, actor=item.actor,
+                        parsed=self.statements, prepared=self.prepared,
+                    )  # fmt: skip
+                except InvalidInput as exc:  # raised before the item wrote anything
+                    outcomes.append(exc)
+                    continue
+                add_audit(
+                    conn, item.actor, "run.create", row.id,
+                    details={"workflow": item.workflow}, prepared=self.prepared,
+                )  # fmt: skip
+                queues.add(row.queue)
+                outcomes.append(run_dict(row, row.db_now, self.stall_after_ms))
+            if self.is_postgres:
+                for queue in sorted(queues):  # wakes LISTENing runners at commit (DESIGN §5)
+                    self.prepared.get("notify_runs", lambda: _NOTIFY).rows(conn, {"queue": queue})
+            return outcomes
+
+        return self.write_attempts(tx)
 
     def create_runs(
         self,
@@ -394,10 +509,20 @@ _SELECT_DEFINITION = select(workflows.c.definition, workflows.c.version).where(
 )
 # Prebuilt with bound parameters: building `.values(**literals)` per call costs more than the
 # INSERT itself.
+# Returns what run_dict shows (not the stored snapshot, which the caller just gave).
 _INSERT_RUN = (
-    insert(runs).values(created_at=db_now_ms()).returning(*runs.c, db_now_ms().label("db_now"))
+    insert(runs)
+    .values(created_at=db_now_ms())
+    .returning(*(runs.c[name] for name in RUN_FIELDS), db_now_ms().label("db_now"))
 )
+_RUN_COLUMNS = (
+    "id", "workflow", "version", "kind", "config_snapshot", "inputs", "status", "queue",
+    "priority", "not_before", "parent_run_id", "origin", "current_attempt", "requested_by",
+    "idempotency_key", "metrics", "max_attempts", "pass_threshold",
+)  # fmt: skip
+_NOTIFY = select(func.pg_notify("loopdeck_runs", bindparam("queue")))
 _INSERT_TASKS = insert(tasks)
+_TASK_COLUMNS = ("id", "run_id", "step", "position", "needs", "status", "attempt")
 _INSERT_RUNS = insert(runs).values(created_at=db_now_ms())
 _SELECT_BY_KEY = select(runs).where(runs.c.idempotency_key == bindparam("key"))
 
@@ -448,16 +573,19 @@ def _insert_run(
     snapshot: dict[str, Any] | None = None,
     notify: bool = False,
     parsed: StatementCache | None = None,
+    prepared: PreparedCache | None = None,
 ) -> Any:
     """Insert a queued run with its tasks and run.queued event; returns the run's row
-    (with a `db_now` column)."""
+    (RUN_FIELDS and a `db_now` column). With `prepared` (create's hot path), the statements
+    run prepared (fast.py)."""
+    prep = prepared or PreparedCache(conn.dialect, fast=False)
     if snapshot is None:
-        row = conn.execute(
-            select(workflows.c.definition, workflows.c.version).where(workflows.c.name == workflow)
-        ).first()
-        if row is None:
+        found = prep.get("select_definition", lambda: _SELECT_DEFINITION).rows(
+            conn, {"name": workflow}
+        )
+        if not found:
             raise InvalidInput(f"unknown workflow {workflow!r}", field="workflow")
-        definition, version = row.definition, row.version
+        definition, version = found[0].definition, found[0].version
     else:
         definition, version = snapshot, definition_version(snapshot)
     # `version` is a hash of the definition's content, so a parsed definition can be reused.
@@ -493,9 +621,11 @@ def _insert_run(
         exists = conn.execute(select(runs.c.id).where(runs.c.id == parent_run_id)).first()
         if exists is None:
             values["parent_run_id"] = None
-    row = conn.execute(_INSERT_RUN, values).one()
+    (row,) = prep.get("insert_run", lambda: _INSERT_RUN, _RUN_COLUMNS).rows(conn, values)
     if wf.steps is not None:
-        conn.execute(_INSERT_TASKS, _task_rows(wf, run_id))
+        prep.get("insert_tasks", lambda: _INSERT_TASKS, _TASK_COLUMNS).executemany(
+            conn, _task_rows(wf, run_id)
+        )
     add_events(
         conn,
         [
@@ -503,8 +633,9 @@ def _insert_run(
                 run_id, values["queue"], origin, values["parent_run_id"], values["requested_by"]
             )
         ],
+        prepared,
     )
     if notify:
         # Wakes LISTENing runners when this transaction commits (DESIGN §5).
-        conn.execute(select(func.pg_notify("loopdeck_runs", values["queue"])))
+        prep.get("notify_runs", lambda: _NOTIFY).rows(conn, {"queue": values["queue"]})
     return row
