@@ -128,6 +128,7 @@ def test_coroutines_wait_without_threads_and_mix_with_thread_callers():
 
 # -- the store's creates ----------------------------------------------------------------------
 
+
 def _item(workflow: str, inputs: Any, who: str = "ana") -> _Create:
     return _Create(workflow, inputs, None, None, None, "api", Actor(who))
 
