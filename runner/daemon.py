@@ -233,9 +233,10 @@ class Runner:
         thread.start()
 
     def _dispatch_loop(self) -> None:
-        while not self._loops_stop.is_set():
-            self.dispatcher.wait_for_work()
-            self.dispatcher.run_once()
+        with self.store.pinned_connection():  # a transaction every few ms: keep one connection
+            while not self._loops_stop.is_set():
+                self.dispatcher.wait_for_work()
+                self.dispatcher.run_once()
 
     def _heartbeat_loop(self) -> None:
         while not self._loops_stop.is_set():
