@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+WRITER_IDLE_S = 30.0
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -125,11 +126,15 @@ class GroupCommit(Generic[T, R]):
 
     def _write_forever(self) -> None:
         """The writer thread: leads a group whenever coroutines' items wait and no thread
-        leads one already. It never returns (a daemon thread; `_write` catches everything)."""
+        leads one already (`_write` catches everything). After WRITER_IDLE_S with nothing to
+        do it ends; the next `submit_async` starts another (a disposed store leaves none)."""
         while True:
             with self._cv:
                 while self._leading or not any(s.future is not None for s in self._queue):
-                    self._cv.wait()
+                    woken = self._cv.wait(WRITER_IDLE_S)
+                    if not woken and not self._leading and not self._queue:
+                        self._writer = None
+                        return
                 group = self._take()
             self._lead(group)
 

@@ -126,6 +126,14 @@ def test_coroutines_wait_without_threads_and_mix_with_thread_callers():
     assert "gone" in [i for g in gate.groups for i in g]
 
 
+def test_an_idle_writer_thread_ends_and_the_next_coroutine_starts_another(monkeypatch):
+    monkeypatch.setattr("shared.store.group.WRITER_IDLE_S", 0.05)
+    gc: GroupCommit[str, str] = GroupCommit(lambda items: [i.upper() for i in items])
+    assert asyncio.run(gc.submit_async("a")) == "A"
+    wait_for(lambda: gc._writer is None, what="the idle writer thread to end")
+    assert asyncio.run(gc.submit_async("b")) == "B"
+
+
 # -- the store's creates ----------------------------------------------------------------------
 
 
