@@ -31,18 +31,10 @@ _FAST_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
 class Prepared:
     """One Core statement compiled for one dialect (see the module docstring)."""
 
-    def __init__(
-        self,
-        stmt: Any,
-        dialect: Dialect,
-        columns: Sequence[str] | None = None,
-        *,
-        fast: bool = True,
-    ) -> None:
-        """`columns`: for an INSERT, the columns its parameter sets give (all of them, always).
-        `fast=False`: always through `Connection.execute` (code shared with a cold path)."""
+    def __init__(self, stmt: Any, dialect: Dialect, columns: Sequence[str] | None = None) -> None:
+        """`columns`: for an INSERT, the columns its parameter sets give (all of them, always)."""
         self.stmt = stmt
-        self.fast = fast and (dialect.name, dialect.driver) in _FAST_DRIVERS
+        self.fast = (dialect.name, dialect.driver) in _FAST_DRIVERS
         if not self.fast:
             return
         compiled = stmt.compile(dialect=dialect, column_keys=list(columns) if columns else None)
@@ -241,10 +233,8 @@ def _result_columns(stmt: Any) -> Sequence[Any]:
 class PreparedCache:
     """Prepared statements by key, for one engine's dialect."""
 
-    def __init__(self, dialect: Dialect, *, fast: bool = True) -> None:
-        """`fast=False`: a cache whose statements run through `Connection.execute`."""
+    def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
-        self._fast = fast
         self._items: dict[Any, Prepared] = {}
 
     def get(
@@ -254,5 +244,5 @@ class PreparedCache:
         if prepared is None:
             if len(self._items) >= 512:
                 self._items.clear()
-            prepared = self._items[key] = Prepared(build(), self._dialect, columns, fast=self._fast)
+            prepared = self._items[key] = Prepared(build(), self._dialect, columns)
         return prepared

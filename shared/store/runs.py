@@ -23,6 +23,7 @@ from .group import GroupCommit
 from .serialize import RUN_FIELDS, run_dict
 
 MAX_QUEUE_LEN = 100
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,6 @@ class _Create:
     not_before_ms: int | None
     origin: str
     actor: Actor | None
-
-
-MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
 class RunVerbs(StoreBase):
@@ -388,6 +386,7 @@ class RunVerbs(StoreBase):
                     actor=actor,
                     notify=self.is_postgres,
                     parsed=self.statements,
+                    prepared=self.prepared,
                 ).id
             except InvalidInput as exc:
                 # The caller sent no inputs: the old ones no longer fit the current definition.
@@ -424,6 +423,7 @@ class RunVerbs(StoreBase):
                 snapshot=old.config_snapshot,
                 notify=self.is_postgres,
                 parsed=self.statements,
+                prepared=self.prepared,
             ).id
             return self._lineage_event(conn, old.id, new_id_, "run.restarted", reason, actor)
 
@@ -572,15 +572,13 @@ def _insert_run(
     actor: Actor | None = None,
     snapshot: dict[str, Any] | None = None,
     notify: bool = False,
-    parsed: StatementCache | None = None,
-    prepared: PreparedCache | None = None,
+    parsed: StatementCache,
+    prepared: PreparedCache,
 ) -> Any:
     """Insert a queued run with its tasks and run.queued event; returns the run's row
-    (RUN_FIELDS and a `db_now` column). With `prepared` (create's hot path), the statements
-    run prepared (fast.py)."""
-    prep = prepared or PreparedCache(conn.dialect, fast=False)
+    (RUN_FIELDS and a `db_now` column). Its statements run prepared (fast.py)."""
     if snapshot is None:
-        found = prep.get("select_definition", lambda: _SELECT_DEFINITION).rows(
+        found = prepared.get("select_definition", lambda: _SELECT_DEFINITION).rows(
             conn, {"name": workflow}
         )
         if not found:
@@ -589,9 +587,7 @@ def _insert_run(
     else:
         definition, version = snapshot, definition_version(snapshot)
     # `version` is a hash of the definition's content, so a parsed definition can be reused.
-    wf = (parsed or StatementCache()).get(
-        ("workflow", workflow, version), lambda: workflow_from_definition(definition)
-    )
+    wf = parsed.get(("workflow", workflow, version), lambda: workflow_from_definition(definition))
     clean_inputs = validate_inputs(wf, inputs)
     run_id = run_id or new_id("run")
     values: dict[str, Any] = {
@@ -621,9 +617,9 @@ def _insert_run(
         exists = conn.execute(select(runs.c.id).where(runs.c.id == parent_run_id)).first()
         if exists is None:
             values["parent_run_id"] = None
-    (row,) = prep.get("insert_run", lambda: _INSERT_RUN, _RUN_COLUMNS).rows(conn, values)
+    (row,) = prepared.get("insert_run", lambda: _INSERT_RUN, _RUN_COLUMNS).rows(conn, values)
     if wf.steps is not None:
-        prep.get("insert_tasks", lambda: _INSERT_TASKS, _TASK_COLUMNS).executemany(
+        prepared.get("insert_tasks", lambda: _INSERT_TASKS, _TASK_COLUMNS).executemany(
             conn, _task_rows(wf, run_id)
         )
     add_events(
@@ -637,5 +633,5 @@ def _insert_run(
     )
     if notify:
         # Wakes LISTENing runners when this transaction commits (DESIGN §5).
-        prep.get("notify_runs", lambda: _NOTIFY).rows(conn, {"queue": values["queue"]})
+        prepared.get("notify_runs", lambda: _NOTIFY).rows(conn, {"queue": values["queue"]})
     return row
