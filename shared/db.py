@@ -275,6 +275,12 @@ def _log_retry(attempt: int, exc: BaseException | None) -> None:
     )
 
 
+class _Pin:
+    """A thread's pinned connection (Database.pinned_connection), made on first use."""
+
+    conn: Connection | None = None
+
+
 class Database:
     """An engine plus the two transaction shapes every verb uses."""
 
@@ -285,7 +291,7 @@ class Database:
         # SQLite has one writer. Serialising writers of this process here keeps them off the
         # busy handler, whose sleeps (up to 100 ms each) would otherwise set the tail latency.
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
-        self._pinned = threading.local()  # .conn: this thread's pinned connection, if any
+        self._pinned = threading.local()  # .pin: this thread's _Pin, if any
 
     @property
     def is_sqlite(self) -> bool:
@@ -314,13 +320,14 @@ class Database:
         with a disconnect: SQLAlchemy invalidates it and reconnects on the next use, and the
         verb's retry runs the transaction again — as with a pooled connection that went stale
         (see _ping_after_idle)."""
-        conn = self.engine.connect()
-        self._pinned.conn = conn
+        pin = _Pin()  # connected by the first transaction, inside its retries
+        self._pinned.pin = pin
         try:
             yield
         finally:
-            self._pinned.conn = None
-            conn.close()
+            self._pinned.pin = None
+            if pin.conn is not None:
+                pin.conn.close()
 
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Connection]:
@@ -329,9 +336,11 @@ class Database:
         if lock is not None and not lock.acquire(timeout=wait):
             raise _TransientLocal("timed out waiting for this process's SQLite writer lock")
         try:
-            pinned: Connection | None = getattr(self._pinned, "conn", None)
-            if pinned is not None:
-                conn = pinned.execution_options(loopdeck_write=write)
+            pin: _Pin | None = getattr(self._pinned, "pin", None)
+            if pin is not None:
+                if pin.conn is None:
+                    pin.conn = self.engine.connect()
+                conn = pin.conn.execution_options(loopdeck_write=write)
                 with conn.begin():
                     yield conn
                 return

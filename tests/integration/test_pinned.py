@@ -120,3 +120,18 @@ def test_a_database_that_stays_down_is_unavailable_within_the_budget(store):
     with pytest.raises(DatabaseUnavailable):
         flaky.write(lambda conn: None)
     assert flaky.tries == 1
+
+
+@pytest.mark.backends("sqlite", "postgres")
+def test_the_pinned_connection_is_made_by_the_first_transaction_and_returned_at_the_end(store):
+    """Entering pinned_connection connects nothing (a dispatcher starting while the database
+    is unreachable gets the first transaction's retries, not a dead loop); the connection is
+    checked out by the first transaction and back in the pool at the end."""
+    pool = store.engine.pool
+    before = pool.checkedout()
+    with store.pinned_connection():
+        assert pool.checkedout() == before
+        store.read(lambda conn: conn.execute(select(runs.c.id)).all())
+        store.read(lambda conn: conn.execute(select(runs.c.id)).all())
+        assert pool.checkedout() == before + 1
+    assert pool.checkedout() == before
