@@ -1,13 +1,14 @@
 """Group commit: concurrent callers' small writes share one transaction.
 
-An API process answers many `POST /api/runs` at once, one thread each. Run alone, every
-create pays a transaction of its own — pool checkout, BEGIN, COMMIT (an fsync on PostgreSQL)
-— for a handful of small INSERTs, and on SQLite the creates queue behind one write lock
-anyway. Here the first caller to find no transaction under way becomes the leader: it takes
-every request queued so far (its own included) and writes them in one transaction; the
-callers that arrived meanwhile wait and are answered when it commits, and the next of them
-leads the following group. A caller alone pays about what it did before: its group has one
-member.
+An API process answers many `POST /api/runs` at once. Run alone, every create pays a
+transaction of its own — pool checkout, BEGIN, COMMIT (an fsync on PostgreSQL) — for a
+handful of small INSERTs, and on SQLite the creates queue behind one write lock anyway. Here
+the first caller to find no transaction under way becomes the leader: it takes every request
+queued so far (its own included) and writes them in one transaction; the callers that arrived
+meanwhile wait and are answered when it commits, and the next of them leads the following
+group. A caller alone pays about what it did before: its group has one member. Coroutines
+(`submit_async`, the API's handlers) never lead: a writer thread does it for them, and they
+wait without holding a thread.
 
 Each member gets its own answer: `run_group` returns one result or exception per item, in
 order. Whether one bad item may spoil the others' transaction is the `run_group` function's
