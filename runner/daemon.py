@@ -253,6 +253,8 @@ class Runner:
     def _wakeup_loop(self) -> None:
         assert self.feed is not None
         while not self._loops_stop.is_set():
+            if not self.dispatcher.listening.wait(0.25):
+                continue
             if self.feed.wait(0.25):
                 self.dispatcher.wake.set()
                 self.outbox.kick()

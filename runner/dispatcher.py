@@ -48,6 +48,10 @@ class Dispatcher:
         self.active: dict[str, ActiveRun] = {}
         self.claiming = True
         self.wake = threading.Event()
+        # Set while the dispatcher relies on wake-ups: its last claim did not fill its free
+        # slots. While claims fill them it claims again as soon as a slot frees, and a wake-up
+        # would only make it cycle early (on SQLite every commit of its own is a change too).
+        self.listening = threading.Event()
         self._next_poll = 0.0
         self._more_likely = True
         self._retry_at = 0.0
@@ -139,6 +143,10 @@ class Dispatcher:
             self.metrics.on_claim(time.perf_counter() - started, claimed)
         if claim is not None:
             self._more_likely = claim.filled
+            if claim.filled:
+                self.listening.clear()
+            else:
+                self.listening.set()
             self.last_claim_empty = not claimed
             self._next_poll = now + self.poll_interval * random.uniform(0.8, 1.2)
             for c in claimed:
