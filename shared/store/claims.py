@@ -419,9 +419,17 @@ class ClaimVerbs(StoreBase):
             ).first()
             alive: dict[str, bool] = {}
             if tokens:
+                held = [runs.c.claim_token.in_(tokens), runs.c.status == const("running")]
+                if self.is_postgres:
+                    # Lock the rows in id order first, the order the dispatcher's guard takes
+                    # them in: updated in plan order, this beat and a concurrent flush of the
+                    # same runs could each hold a row the other waits for (a deadlock, which
+                    # PostgreSQL breaks only after deadlock_timeout, 1 s by default).
+                    locked = select(runs.c.id).where(*held).order_by(runs.c.id).with_for_update()
+                    held = [runs.c.id.in_(select(locked.cte("locked").c.id))]
                 for row in conn.execute(
                     update(runs)
-                    .where(runs.c.claim_token.in_(tokens), runs.c.status == const("running"))
+                    .where(*held)
                     .values(heartbeat_at=now)
                     .returning(runs.c.id, runs.c.claim_token, runs.c.cancel_requested_at)
                 ):

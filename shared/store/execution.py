@@ -161,6 +161,9 @@ def _guard_statement(postgres: bool) -> Any:
 
 
 def _guard_params(batches: list[RunWrites], postgres: bool) -> dict[str, Any]:
+    # In id order: the order the heartbeat locks runs in (claims.py), so that the two never
+    # wait for each other's rows.
+    batches = sorted(batches, key=lambda b: b.run_id)
     if postgres:
         return {
             "ids": [b.run_id for b in batches],

@@ -149,3 +149,62 @@ def test_a_runner_frozen_in_a_transaction_does_not_hold_up_the_reaper(store, db_
         with contextlib.suppress(Exception):
             conn.close()
         frozen.dispose()
+
+
+def _deadlocks(store: Store) -> int:
+    with psycopg.connect(_dsn(store)) as conn:
+        row = conn.execute(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_heartbeats_and_flushes_of_the_same_runs_take_their_row_locks_in_one_order(store):
+    """The heartbeat thread and the dispatcher write the same runs rows from two connections;
+    taking the locks in different orders deadlocked them (PostgreSQL breaks a deadlock only
+    after deadlock_timeout, and the retry hid it but for that second)."""
+    from shared.store import RunWrites
+
+    for _ in range(24):
+        store.create_run("essay", {"topic": "t"})
+    claimed = store.claim_runs("r1", queues=["default"], workflows=["essay"], limit=24)
+    assert len(claimed) == 24
+    leases = {c.id: c.token for c in claimed}
+    fences = {c.id: 0 for c in claimed}
+    before = _deadlocks(store)
+    errors: list[BaseException] = []
+
+    def beat() -> None:
+        try:
+            for _ in range(150):
+                assert not store.heartbeat("r1", leases).lost
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def flush(seed: int) -> None:
+        import random
+
+        order = list(leases)
+        rng = random.Random(seed)
+        try:
+            for _ in range(150):
+                rng.shuffle(order)  # the outbox's order is the order the runs wrote in
+                batches = [
+                    RunWrites(i, leases[i], fences[i], events=[{"run_id": i, "type": "log"}])
+                    for i in order
+                ]
+                outcomes, _ = store.apply_run_writes(batches)
+                assert all(o.applied for o in outcomes)
+                for o in outcomes:
+                    fences[o.run_id] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=beat), threading.Thread(target=flush, args=(7,))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert _deadlocks(store) == before
