@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shared.errors import LoopdeckError
-from shared.store import NOW, ClaimedRun, RunWrites, WriteOutcome
+from shared.store import NOW, ClaimedRun, JsonText, RunWrites, WriteOutcome
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE = 8192  # characters of an event's message; the rest is cut, saying so
@@ -167,8 +167,7 @@ class ActiveRun:
             cut = len(message) - MAX_MESSAGE
             message = message[:MAX_MESSAGE] + f"… [{cut:,} more characters cut]"
             data = {**(data or {}), "cut_characters": cut}
-        if data is not None:
-            data = _capped(data)
+        encoded = None if data is None else _capped(data)
         with self._lock:
             self._batch.events.append(
                 {
@@ -178,7 +177,7 @@ class ActiveRun:
                     "stage": stage,
                     "attempt": attempt,
                     "message": message,
-                    "data": data,
+                    "data": encoded,
                 }
             )
         self._outbox.mark(self)
@@ -330,14 +329,18 @@ class ActiveRun:
             kill_group(proc, sig)
 
 
-def _capped(data: dict[str, Any]) -> dict[str, Any]:
+def _capped(data: dict[str, Any]) -> JsonText:
+    """The event's data as JSON text (the dispatcher writes it as it is), or a note saying
+    why it was cut."""
     try:
-        size = len(json.dumps(data, default=str))
+        text = json.dumps(data, default=str)
     except (TypeError, ValueError):
-        return {"cut": "the event data is not JSON"}
+        return JsonText(json.dumps({"cut": "the event data is not JSON"}))
+    size = len(text)
     if size <= MAX_EVENT_DATA:
-        return data
-    return {"cut": f"{size:,} bytes of event data, over {MAX_EVENT_DATA:,}", "cut_bytes": size}
+        return JsonText(text)
+    cut = {"cut": f"{size:,} bytes of event data, over {MAX_EVENT_DATA:,}", "cut_bytes": size}
+    return JsonText(json.dumps(cut))
 
 
 def kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:

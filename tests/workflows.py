@@ -72,3 +72,11 @@ def log_through_logging(ctx: Any) -> dict[str, Any]:
 
     logging.getLogger("tests.stage").warning("hello from %s", ctx.step)
     return {"ok": True}
+
+
+def log_odd_data(ctx: Any) -> dict[str, Any]:
+    """Logs data JSON cannot hold as it is (written as its str(), like the API would show)."""
+    import datetime
+
+    ctx.log("odd data", when=datetime.date(2026, 11, 23), tags={"only"})
+    return {"ok": True}

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from ..db import make_engine
 from ..settings import Settings
 from .approvals import ApprovalVerbs
-from .base import Actor, StatementCache
+from .base import Actor, JsonText, StatementCache
 from .claims import ClaimedRun, ClaimVerbs, HeartbeatResult
 from .execution import NOW, ClaimRequest, ExecutionVerbs, RunWrites, WriteOutcome
 from .fast import PreparedCache
@@ -76,6 +76,7 @@ class Store(
 __all__ = [
     "NOW",
     "Actor",
+    "JsonText",
     "ClaimRequest",
     "ClaimedRun",
     "HeartbeatResult",

@@ -252,7 +252,24 @@ def test_event_data_and_messages_are_capped():
     active.event("log", "m" * (MAX_MESSAGE + 10), data={"big": "d" * (MAX_EVENT_DATA + 1)})
     event = active.take_batch().events[0]
     assert event["message"].endswith("[10 more characters cut]")
-    assert event["data"]["cut_bytes"] > MAX_EVENT_DATA and "cut" in event["data"]
+    data = json.loads(event["data"])  # encoded once, in the execution's thread
+    assert data["cut_bytes"] > MAX_EVENT_DATA and "cut" in data
+
+
+@pytest.mark.all_backends
+def test_event_data_encoded_by_the_runner_reads_back_as_written_by_any_other_writer(store):
+    from shared.store import JsonText
+
+    run, _ = store.create_run("essay", {"topic": "t"})
+    claimed = store.claim_runs("r1", queues=["default"], workflows=["essay"], limit=1)[0]
+    data = {"status": "succeeded", "n": 1.5, "list": [1, None, "ü"], "nested": {"a": True}}
+    store.apply_run_writes([RunWrites(run["id"], claimed.token, 0, events=[
+        {"run_id": run["id"], "type": "log", "data": JsonText(json.dumps(data))},
+        {"run_id": run["id"], "type": "log", "data": {"as": "object"}},
+        {"run_id": run["id"], "type": "log", "data": None},
+    ])])  # fmt: skip
+    logged = [e["data"] for e in store.list_events(run["id"])["events"] if e["type"] == "log"]
+    assert logged == [data, {"as": "object"}, None]
 
 
 # -- retention ---------------------------------------------------------------------------------

@@ -87,6 +87,20 @@ def test_loop_fails_after_max_attempts_below_threshold(store, start_runner):
     assert done["error_message"] == "score 0.3 below threshold 0.8 after 3 attempt(s)"
 
 
+def test_log_data_json_cannot_hold_is_written_as_text_and_the_runner_goes_on(
+    store, start_runner, tmp_path
+):
+    flows = tmp_path / "odd.yaml"
+    flows.write_text(
+        'workflows:\n  odd:\n    steps:\n      only: {call: "tests.workflows:log_odd_data"}\n'
+    )
+    start_runner(files=[flows])
+    run, _ = store.create_run("odd", {})
+    assert finished(store, run["id"])["status"] == "succeeded"
+    [log] = [e for e in store.list_events(run["id"])["events"] if e["type"] == "log"]
+    assert log["data"] == {"when": "2026-11-23", "tags": "{'only'}"}
+
+
 def test_graph_runs_in_dependency_order_with_outputs(store, start_runner):
     start_runner()
     run, _ = store.create_run("graph", {})
