@@ -107,6 +107,8 @@ runs = Table(
     CheckConstraint(_in("status", RUN_STATUSES), name="status"),
     CheckConstraint(_in("origin", ORIGINS), name="origin"),
     CheckConstraint(_in("kind", ("loop", "steps")), name="kind"),
+    # Room for a run's next row version on its own page (migration 0005).
+    postgresql_with={"fillfactor": 80},
 )
 # The claim path reads only queued rows, in claim order: keep that index small.
 Index(

@@ -7,7 +7,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Text, bindparam, cast, insert, literal_column, select
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal_column,
+    select,
+)
 
 from ..clock import db_now_ms
 from ..db import Database
@@ -95,13 +107,30 @@ def _encoded(data: Any) -> str:
     return data if isinstance(data, JsonText) else json.dumps(data)
 
 
-def _insert_encoded_events(postgres: bool) -> Any:
-    # The text goes into the JSON column as SQLAlchemy's JSON type would put it there:
-    # verbatim on SQLite, cast on PostgreSQL.
-    data = bindparam("data", type_=Text)
-    return insert(events).values(
-        created_at=db_now_ms(), data=cast(data, events.c.data.type) if postgres else data
+def _insert_encoded_events() -> Any:
+    # The text goes into the JSON column as SQLAlchemy's JSON type would put it there.
+    return insert(events).values(created_at=db_now_ms(), data=bindparam("data", type_=Text))
+
+
+_UNNEST_TYPES = (String, String, String, String, Integer, Text, Text)  # as _EVENT_COLUMNS
+
+
+def _insert_events_unnest() -> Any:
+    """PostgreSQL: every event of a batch in one statement, each column one array parameter
+    (`{column}s`): one execution instead of one per row, whatever the number of rows (so it
+    is prepared once, fast.py). Inserted in the arrays' order, so ids follow it."""
+    arrays = [
+        bindparam(f"{column}s", type_=ARRAY(type_))
+        for column, type_ in zip(_EVENT_COLUMNS, _UNNEST_TYPES, strict=True)
+    ]
+    rows = (
+        func.unnest(*arrays)
+        .table_valued(*_EVENT_COLUMNS, with_ordinality="n")
+        .render_derived(name="e")
     )
+    columns = [rows.c[column] for column in _EVENT_COLUMNS[:-1]]
+    source = select(*columns, cast(rows.c.data, events.c.data.type), db_now_ms()).order_by(rows.c.n)
+    return insert(events).from_select([*_EVENT_COLUMNS, "created_at"], source)
 
 
 def add_events(
@@ -112,11 +141,22 @@ def add_events(
     `data` may be JsonText."""
     if not rows:
         return
-    if prepared is not None:
-        postgres = conn.dialect.name == "postgresql"
-        statement = prepared.get(
-            ("insert_events", postgres), lambda: _insert_encoded_events(postgres), _EVENT_COLUMNS
+    if prepared is not None and conn.dialect.name == "postgresql":
+        prepared.get("insert_events_unnest", _insert_events_unnest).execute(
+            conn,
+            {
+                "run_ids": [r["run_id"] for r in rows],
+                "task_ids": [r.get("task_id") for r in rows],
+                "types": [r["type"] for r in rows],
+                "stages": [r.get("stage") for r in rows],
+                "attempts": [r.get("attempt") for r in rows],
+                "messages": [r.get("message") for r in rows],
+                "datas": [_encoded(r.get("data")) for r in rows],
+            },
         )
+        return
+    if prepared is not None:
+        statement = prepared.get("insert_events", _insert_encoded_events, _EVENT_COLUMNS)
         statement.executemany(
             conn,
             [
