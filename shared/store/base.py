@@ -119,7 +119,7 @@ def _insert_events_unnest() -> Any:
     """PostgreSQL: every event of a batch in one statement, each column one array parameter
     (`{column}s`): one execution instead of one per row, whatever the number of rows (so it
     is prepared once, fast.py). Inserted in the arrays' order, so ids follow it."""
-    arrays = [
+    arrays: list[Any] = [
         bindparam(f"{column}s", type_=ARRAY(type_))
         for column, type_ in zip(_EVENT_COLUMNS, _UNNEST_TYPES, strict=True)
     ]
