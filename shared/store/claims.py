@@ -426,7 +426,8 @@ class ClaimVerbs(StoreBase):
                     # same runs could each hold a row the other waits for (a deadlock, which
                     # PostgreSQL breaks only after deadlock_timeout, 1 s by default).
                     locked = select(runs.c.id).where(*held).order_by(runs.c.id).with_for_update()
-                    held = [runs.c.id.in_(select(locked.cte("locked").c.id))]
+                    cte = locked.cte("locked").prefix_with("MATERIALIZED")
+                    held = [runs.c.id.in_(select(cte.c.id))]
                 for row in conn.execute(
                     update(runs)
                     .where(*held)
