@@ -157,35 +157,22 @@ def add_events(
         return
     if prepared is not None:
         statement = prepared.get("insert_events", _insert_encoded_events, _EVENT_COLUMNS)
-        statement.executemany(
-            conn,
-            [
-                {
-                    "run_id": r["run_id"],
-                    "task_id": r.get("task_id"),
-                    "type": r["type"],
-                    "stage": r.get("stage"),
-                    "attempt": r.get("attempt"),
-                    "message": r.get("message"),
-                    "data": _encoded(r.get("data")),
-                }
-                for r in rows
-            ],
-        )
+        statement.executemany(conn, [_event_row(r, _encoded(r.get("data"))) for r in rows])
         return
-    full = [  # every row with every column of _EVENT_COLUMNS
-        {
-            "run_id": r["run_id"],
-            "task_id": r.get("task_id"),
-            "type": r["type"],
-            "stage": r.get("stage"),
-            "attempt": r.get("attempt"),
-            "message": r.get("message"),
-            "data": r.get("data"),
-        }
-        for r in rows
-    ]
-    conn.execute(_INSERT_EVENTS, full)
+    conn.execute(_INSERT_EVENTS, [_event_row(r, r.get("data")) for r in rows])
+
+
+def _event_row(row: dict[str, Any], data: Any) -> dict[str, Any]:
+    """Every column of _EVENT_COLUMNS (an executemany needs the same keys in every row)."""
+    return {
+        "run_id": row["run_id"],
+        "task_id": row.get("task_id"),
+        "type": row["type"],
+        "stage": row.get("stage"),
+        "attempt": row.get("attempt"),
+        "message": row.get("message"),
+        "data": data,
+    }
 
 
 _INSERT_EVENTS = insert(events).values(created_at=db_now_ms())
