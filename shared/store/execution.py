@@ -126,9 +126,22 @@ def _guard_statement(postgres: bool) -> Any:
             .table_valued("id", "token", "fence")
             .render_derived(name="k")
         )
+        # Lock the rows in id order first, as the heartbeat does (claims.py): the join below
+        # locks them in its plan's order — the table's physical order when the planner
+        # hashes the keys — and a heartbeat of the same runs then deadlocked it now and
+        # then (PostgreSQL breaks that only after deadlock_timeout, 1 s).
+        locked = (
+            select(runs.c.id)
+            .where(runs.c.id == func.any(bindparam("ids", type_=ARRAY(String))))
+            .order_by(runs.c.id)
+            .with_for_update()
+            .cte("locked")
+            .prefix_with("MATERIALIZED")
+        )
         return (
             update(runs)
             .where(
+                runs.c.id.in_(select(locked.c.id)),
                 runs.c.id == keys.c.id,
                 runs.c.claim_token == keys.c.token,
                 runs.c.fence == keys.c.fence,
