@@ -46,6 +46,10 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
                 # Serialise concurrent upgrades (many runners starting at once).
                 conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
             command.upgrade(_config(conn), revision)
+        if engine.dialect.name == "sqlite":
+            # A migration may rewrite table definitions in place (0006): this connection
+            # parsed them before, so it is not handed back to the pool.
+            conn.invalidate()
     return current_revision(engine) or ""
 
 

@@ -52,7 +52,9 @@ ARTIFACT_KINDS = ("output", "evaluation", "log", "file")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+    # An OR chain, not `IN (…)`: SQLite builds a temporary b-tree for an IN list each time
+    # it checks a row (migration 0006 rewrote the constraints 0001 stored on SQLite).
+    return " OR ".join(f"{column} = {v!r}" for v in values)
 
 
 workflows = Table(
