@@ -129,6 +129,7 @@ class ActiveRun:
         self._lease_valid = lease_valid or (lambda: True)
         self._lock = threading.Lock()
         self._batch = self._new_batch()
+        self._queued = False  # in the outbox since the dispatcher last took the batch
         self._final = False
         self._processes: set[subprocess.Popen[bytes]] = set()
         self._artifact_bytes: int | None = None  # stored + accepted so far (per-run cap)
@@ -141,17 +142,23 @@ class ActiveRun:
     def set_run(self, **values: Any) -> None:
         with self._lock:
             self._batch.run.update(values)
-        self._outbox.mark(self)
+            queued = self._enqueue()
+        if queued:
+            self._outbox.mark(self)
 
     def insert_task(self, row: dict[str, Any]) -> None:
         with self._lock:
             self._batch.task_inserts.append({"run_id": self.id, **row})
-        self._outbox.mark(self)
+            queued = self._enqueue()
+        if queued:
+            self._outbox.mark(self)
 
     def update_task(self, task_id: str, **values: Any) -> None:
         with self._lock:
             self._batch.task_updates.append((task_id, values))
-        self._outbox.mark(self)
+            queued = self._enqueue()
+        if queued:
+            self._outbox.mark(self)
 
     def event(
         self,
@@ -180,12 +187,16 @@ class ActiveRun:
                     "data": encoded,
                 }
             )
-        self._outbox.mark(self)
+            queued = self._enqueue()
+        if queued:
+            self._outbox.mark(self)
 
     def artifact(self, row: dict[str, Any]) -> None:
         with self._lock:
             self._batch.artifacts.append({"run_id": self.id, **row})
-        self._outbox.mark(self)
+            queued = self._enqueue()
+        if queued:
+            self._outbox.mark(self)
 
     def reserve_artifact_bytes(self, size: int, cap: int, stored: Callable[[], int]) -> int | None:
         """Count `size` against the run's artifact cap. None if it fits; else the bytes the run
@@ -209,14 +220,18 @@ class ActiveRun:
             current = self.metrics.get(name, 0)
             self.metrics[name] = current + value
             self._batch.run["metrics"] = dict(self.metrics)
-        self._outbox.mark(self)
+            queued = self._enqueue()
+        if queued:
+            self._outbox.mark(self)
 
     def finish(self, status: str, **values: Any) -> None:
         """The run's terminal write: status, completion time and the closing event."""
         with self._lock:
             self._batch.run.update(status=status, completed_at=NOW, **values)
             self._final = True
-        self._outbox.mark(self)
+            queued = self._enqueue()
+        if queued:
+            self._outbox.mark(self)
 
     def release_for_approval(self) -> None:
         """The run's last write: give the claim up while approval gates wait (the store sends
@@ -224,7 +239,18 @@ class ActiveRun:
         with self._lock:
             self._batch.release_to = "waiting"
             self._final = True
-        self._outbox.mark(self)
+            queued = self._enqueue()
+        if queued:
+            self._outbox.mark(self)
+
+    def _enqueue(self) -> bool:
+        """With `_lock` held, after a write: whether the run must be put in the outbox (its
+        first write since the dispatcher took the batch). Further writes join the batch
+        without waking the dispatcher again."""
+        if self._queued:
+            return False
+        self._queued = True
+        return True
 
     # -- dispatcher thread ---------------------------------------------------------------
 
@@ -241,6 +267,7 @@ class ActiveRun:
             ):
                 return None
             self._batch = self._new_batch()
+            self._queued = False
             batch.fence = self.fence
             batch.token = self.token
             return batch
@@ -256,7 +283,9 @@ class ActiveRun:
             batch.artifacts.extend(later.artifacts)
             batch.release_to = batch.release_to or later.release_to
             self._batch = batch
-        self._outbox.mark(self)
+            queued = self._enqueue()
+        if queued:
+            self._outbox.mark(self)
 
     def applied(self, outcome: WriteOutcome, batch: RunWrites) -> None:
         if outcome.applied:

@@ -184,7 +184,7 @@ class Execution:
         tasks = {t["step"]: TaskState.of(t) for t in active.claimed.tasks}
         order = [s for s in wf.step_order() if s in tasks]
         self._apply_decisions(tasks)
-        done: queue.Queue[tuple[str, StageResult]] = queue.Queue()
+        done: queue.SimpleQueue[tuple[str, StageResult]] = queue.SimpleQueue()
         running: set[str] = set()
 
         def outputs() -> dict[str, Any]:
@@ -232,7 +232,7 @@ class Execution:
                     ).start()  # fmt: skip
             while True:
                 try:
-                    step, _result = done.get(timeout=0.2 if running else 0)
+                    step, _result = done.get(block=bool(running), timeout=0.2)
                 except queue.Empty:
                     if not running:
                         break
