@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
 
+_MISSING = object()
 _FAST_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
 
 
@@ -59,6 +60,12 @@ class Prepared:
             value = bp.effective_value
             self._defaults[name] = value if proc is None else proc(value)
         self._required = frozenset(set(compiled.bind_names.values()) - self._defaults.keys())
+        # Positional drivers (sqlite3): per placeholder, its name, the bind processor of a
+        # caller's value, and the statement's own value (or _MISSING: the caller must give it).
+        self._plan: tuple[tuple[str, Callable[[Any], Any] | None, Any], ...] = tuple(
+            (name, self._bind.get(name), self._defaults.get(name, _MISSING))
+            for name in self._positional or ()
+        )
         returned = _result_columns(stmt)
         self._returned = returned
         self._dialect = dialect
@@ -71,6 +78,19 @@ class Prepared:
     # -- parameters ------------------------------------------------------------------------
 
     def _params(self, given: Mapping[str, Any]) -> Any:
+        if self._positional is not None:
+            # Straight into the placeholders' order (this runs once per row written).
+            out = []
+            for name, proc, default in self._plan:
+                if name in given:
+                    value = given[name]
+                    out.append(value if proc is None else proc(value))
+                elif default is not _MISSING:
+                    out.append(default)
+                else:
+                    missing = sorted(self._required - given.keys())
+                    raise KeyError(f"missing parameters {missing} for {self.sql[:60]!r}…")
+            return tuple(out)
         values = dict(self._defaults)
         bind = self._bind
         for name, value in given.items():
@@ -79,8 +99,6 @@ class Prepared:
         if not self._required <= values.keys():
             missing = sorted(self._required - values.keys())
             raise KeyError(f"missing parameters {missing} for {self.sql[:60]!r}…")
-        if self._positional is not None:
-            return tuple([values[name] for name in self._positional])
         return values
 
     # -- execution -------------------------------------------------------------------------
