@@ -358,11 +358,15 @@ class ActiveRun:
             kill_group(proc, sig)
 
 
+# One encoder for all event data: json.dumps with an argument builds a new one per call.
+_ENCODER = json.JSONEncoder(default=str)
+
+
 def _capped(data: dict[str, Any]) -> JsonText:
     """The event's data as JSON text (the dispatcher writes it as it is), or a note saying
     why it was cut."""
     try:
-        text = json.dumps(data, default=str)
+        text = _ENCODER.encode(data)
     except (TypeError, ValueError):
         return JsonText(json.dumps({"cut": "the event data is not JSON"}))
     size = len(text)
