@@ -24,7 +24,7 @@ from sqlalchemy import (
 from ..clock import db_now_ms
 from ..db import Database
 from ..schema import audit, events
-from .fast import PreparedCache
+from .fast import Prepared, PreparedCache
 
 
 class StatementCache:
@@ -141,9 +141,21 @@ def add_events(
     `data` may be JsonText."""
     if not rows:
         return
-    if prepared is not None and conn.dialect.name == "postgresql":
-        prepared.get("insert_events_unnest", _insert_events_unnest).execute(
-            conn,
+    if prepared is not None:
+        statement, bound = bind_events(rows, prepared, conn.dialect.name == "postgresql")
+        statement.execute_bound(conn, bound)
+        return
+    conn.execute(_INSERT_EVENTS, [_event_row(r, r.get("data")) for r in rows])
+
+
+def bind_events(
+    rows: list[dict[str, Any]], prepared: PreparedCache, postgres: bool
+) -> tuple[Prepared, list[Any]]:
+    """The prepared insert of these events and its bound parameters (see add_events), made
+    without a connection: a writer can build them before it takes the write lock."""
+    if postgres:
+        statement = prepared.get("insert_events_unnest", _insert_events_unnest)
+        return statement, statement.bind(
             {
                 "run_ids": [r["run_id"] for r in rows],
                 "task_ids": [r.get("task_id") for r in rows],
@@ -152,14 +164,10 @@ def add_events(
                 "attempts": [r.get("attempt") for r in rows],
                 "messages": [r.get("message") for r in rows],
                 "datas": [_encoded(r.get("data")) for r in rows],
-            },
+            }
         )
-        return
-    if prepared is not None:
-        statement = prepared.get("insert_events", _insert_encoded_events, _EVENT_COLUMNS)
-        statement.executemany(conn, [_event_row(r, _encoded(r.get("data"))) for r in rows])
-        return
-    conn.execute(_INSERT_EVENTS, [_event_row(r, r.get("data")) for r in rows])
+    statement = prepared.get("insert_events", _insert_encoded_events, _EVENT_COLUMNS)
+    return statement, statement.bind_many(_event_row(r, _encoded(r.get("data"))) for r in rows)
 
 
 def _event_row(row: dict[str, Any], data: Any) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from ..clock import db_now_ms
 from ..ids import new_id
 from ..schema import artifacts, runs, tasks
 from .approvals import route_released
-from .base import StoreBase, add_events, const
+from .base import StoreBase, add_events, bind_events, const
 from .claims import (
     ClaimedRun,
     any_claimable,
@@ -263,26 +263,18 @@ def _guard(
     return outcomes
 
 
-def _apply(
-    conn: Connection,
-    batches: list[RunWrites],
-    attempt: int,
-    cache: PreparedCache,
-    events_out: list[dict[str, Any]] | None = None,
-) -> list[WriteOutcome]:
-    """Apply the batches; returns their outcomes. With `events_out`, the batches' events are
-    appended there instead of inserted (the caller writes them with its own, in one
-    statement, later in the same transaction)."""
-    outcomes = _guard(conn, batches, attempt, cache)
+def _plan_writes(
+    batches: list[RunWrites], cache: PreparedCache
+) -> tuple[list[tuple[Prepared, list[Any]]], list[dict[str, Any]]]:
+    """The batches' run updates, task inserts and task updates as prepared statements with
+    bound parameters, in the order they run, and the batches' events. Needs no connection:
+    the dispatcher builds them before it takes the write lock (SQLite has one writer, so
+    every microsecond inside the transaction is one the other runners wait)."""
     run_updates: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     task_inserts: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     task_updates: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     event_rows: list[dict[str, Any]] = []
-    artifact_rows: list[dict[str, Any]] = []
     for batch in batches:
-        outcome = outcomes[batch.run_id]
-        if not outcome.applied or outcome.landed_earlier:
-            continue
         if batch.run:
             run_updates[_signature(batch.run)].append(_params(batch.run_id, batch.run))
         for row in batch.task_inserts:
@@ -296,27 +288,46 @@ def _apply(
         for task_id, values in merged.items():
             task_updates[_signature(values)].append(_params(task_id, values))
         event_rows.extend(batch.events)
-        artifact_rows.extend(batch.artifacts)
-    # The guard above holds the runs' rows (PostgreSQL) or the database (SQLite) until commit,
-    # so these need no token condition of their own.
+    steps: list[tuple[Prepared, list[Any]]] = []
     for sig, params in run_updates.items():
-        cache.get(("run_update", sig), partial(_update_by_id, runs, sig)).executemany(conn, params)
-    releases = [
-        {"b_id": b.run_id}
-        for b in batches
-        if b.release_to is not None
-        and outcomes[b.run_id].applied
-        and not outcomes[b.run_id].landed_earlier
-    ]
-    if releases:
-        conn.execute(_RELEASE, releases)
+        statement = cache.get(("run_update", sig), partial(_update_by_id, runs, sig))
+        steps.append((statement, statement.bind_many(params)))
     for sig, rows in task_inserts.items():
         columns = [k for k, is_now in sig if not is_now]
         statement = cache.get(("task_insert", sig), partial(_insert_now, tasks, sig), columns)
-        statement.executemany(conn, rows)
+        steps.append((statement, statement.bind_many(rows)))
     for sig, params in task_updates.items():
         statement = cache.get(("task_update", sig), partial(_update_by_id, tasks, sig))
-        statement.executemany(conn, params)
+        steps.append((statement, statement.bind_many(params)))
+    return steps, event_rows
+
+
+def _apply(
+    conn: Connection,
+    batches: list[RunWrites],
+    attempt: int,
+    cache: PreparedCache,
+    events_out: list[dict[str, Any]] | None = None,
+    outcomes: dict[str, WriteOutcome] | None = None,
+) -> list[WriteOutcome]:
+    """Apply the batches; returns their outcomes. With `events_out`, the batches' events are
+    appended there instead of inserted (the caller writes them with its own, in one
+    statement, later in the same transaction). `outcomes`: the guard's, if it ran already."""
+    if outcomes is None:
+        outcomes = _guard(conn, batches, attempt, cache)
+    landing = [
+        b for b in batches
+        if outcomes[b.run_id].applied and not outcomes[b.run_id].landed_earlier
+    ]  # fmt: skip
+    steps, event_rows = _plan_writes(landing, cache)
+    # The guard above holds the runs' rows (PostgreSQL) or the database (SQLite) until commit,
+    # so these need no token condition of their own.
+    for statement, bound in steps:
+        statement.execute_bound(conn, bound)
+    releases = [{"b_id": b.run_id} for b in landing if b.release_to is not None]
+    if releases:
+        conn.execute(_RELEASE, releases)
+    artifact_rows = [row for b in landing for row in b.artifacts]
     if artifact_rows:
         conn.execute(_INSERT_ARTIFACTS, artifact_rows)
     if events_out is None or releases:
@@ -324,10 +335,9 @@ def _apply(
         add_events(conn, event_rows, cache)
     else:
         events_out.extend(event_rows)
-    for batch in batches:
-        outcome = outcomes[batch.run_id]
-        if batch.release_to is not None and outcome.applied and not outcome.landed_earlier:
-            outcome.released_to = route_released(conn, batch.run_id)
+    for batch in landing:
+        if batch.release_to is not None:
+            outcomes[batch.run_id].released_to = route_released(conn, batch.run_id)
     return [outcomes[b.run_id] for b in batches]
 
 
@@ -361,6 +371,25 @@ class ExecutionVerbs(StoreBase):
         ):
             return [], []
 
+        # The common cycle (no artifacts, no approval releases): its writes are bound before
+        # the transaction, on the bet that the guard lets every batch through.
+        planned = None
+        if batches and not any(b.artifacts or b.release_to for b in batches):
+            steps, event_rows = _plan_writes(batches, self.prepared)
+            if event_rows:
+                steps.append(bind_events(event_rows, self.prepared, self.is_postgres))
+            planned = steps
+
+        def apply(conn: Connection, attempt: int, pending: list[dict[str, Any]]) -> Any:
+            if planned is None:
+                return _apply(conn, batches, attempt, self.prepared, pending)
+            guarded = _guard(conn, batches, attempt, self.prepared)
+            if not all(o.applied and not o.landed_earlier for o in guarded.values()):
+                return _apply(conn, batches, attempt, self.prepared, pending, guarded)
+            for statement, bound in planned:
+                statement.execute_bound(conn, bound)
+            return [guarded[b.run_id] for b in batches]
+
         def tx(conn: Connection, attempt: int) -> tuple[list[WriteOutcome], list[ClaimedRun]]:
             outcomes: list[WriteOutcome] = []
             pending_events: list[dict[str, Any]] = []
@@ -386,7 +415,7 @@ class ExecutionVerbs(StoreBase):
             simple = attempt == 1 and not any(b.artifacts or b.release_to for b in batches)
             with pipeline(conn) if simple else nullcontext():
                 if batches:
-                    outcomes = _apply(conn, batches, attempt, self.prepared, pending_events)
+                    outcomes = apply(conn, attempt, pending_events)
                 add_events(conn, pending_events, self.prepared)
                 if req is None:
                     if simple:

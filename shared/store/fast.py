@@ -165,14 +165,29 @@ class Prepared:
 
     def executemany(self, conn: Connection, many: Iterable[Mapping[str, Any]]) -> None:
         """Execute once per parameter set (the driver's executemany)."""
-        batch = list(many)
-        if not batch:
+        self.execute_bound(conn, self.bind_many(many))
+
+    def bind_many(self, many: Iterable[Mapping[str, Any]]) -> list[Any]:
+        """Parameter sets as the driver takes them — work that needs no connection, so a
+        writer can do it before it takes the database's write lock (`execute_bound`)."""
+        if not self.fast:
+            return [dict(p) for p in many]
+        return [self._params(p) for p in many]
+
+    def bind(self, params: Mapping[str, Any]) -> list[Any]:
+        """One parameter set, for `execute_bound` (a single execution)."""
+        return [dict(params) if not self.fast else self._params(params)]
+
+    def execute_bound(self, conn: Connection, bound: list[Any]) -> None:
+        """Execute once per parameter set made by `bind_many` or `bind` (none: nothing)."""
+        if not bound:
             return
         if not self.fast:
-            conn.execute(self.stmt, [dict(p) for p in batch])
-            return
-        params = [self._params(p) for p in batch]
-        self._done(conn, self._run(conn, lambda c, p: c.executemany(self.sql, p), params))
+            conn.execute(self.stmt, bound if len(bound) > 1 else bound[0])
+        elif len(bound) == 1:
+            self._done(conn, self._run(conn, lambda c, p: c.execute(self.sql, p), bound[0]))
+        else:
+            self._done(conn, self._run(conn, lambda c, p: c.executemany(self.sql, p), bound))
 
     @staticmethod
     def _done(conn: Connection, cursor: Any) -> None:

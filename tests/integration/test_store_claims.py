@@ -76,6 +76,32 @@ def test_writes_are_fenced_by_the_claim_token(store):
     assert [e["type"] for e in store.list_events(run["id"])["events"]].count("log") == 1
 
 
+def test_a_cycle_with_a_refused_batch_still_applies_the_others_and_only_them(store):
+    # The dispatcher binds a cycle's writes before its transaction, betting that the guard
+    # lets every batch through; when it refuses one, the rest must still land.
+    for topic in ("a", "b", "c"):
+        store.create_run("essay", {"topic": topic})
+    ca, cb, cc = claim(store, limit=3)
+    outcomes, _ = store.apply_run_writes(
+        [
+            RunWrites(ca.id, ca.token, 0, run={"current_stage": "x"},
+                      events=[{"run_id": ca.id, "type": "log", "message": "a"}]),
+            RunWrites(cb.id, "clm_other", 0, run={"current_stage": "y"},
+                      events=[{"run_id": cb.id, "type": "log", "message": "b"}]),
+            RunWrites(cc.id, cc.token, 0, run={"current_stage": "z"},
+                      events=[{"run_id": cc.id, "type": "log", "message": "c"}]),
+        ]
+    )  # fmt: skip
+    assert [o.applied for o in outcomes] == [True, False, True]
+    stages = {r: store.get_run(r, with_tasks=False)["current_stage"] for r in (ca.id, cb.id, cc.id)}
+    assert stages == {ca.id: "x", cb.id: None, cc.id: "z"}
+    logs = {
+        r: [e["message"] for e in store.list_events(r)["events"] if e["type"] == "log"]
+        for r in (ca.id, cb.id, cc.id)
+    }
+    assert logs == {ca.id: ["a"], cb.id: [], cc.id: ["c"]}
+
+
 def test_a_retried_batch_after_an_ambiguous_commit_is_not_applied_twice(store):
     store.create_run("essay", {"topic": "a"})
     (c,) = claim(store)
