@@ -17,7 +17,7 @@ all together. (Released runs give their claim back, so they are never suspects.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from ..clock import db_now_ms
 from ..ids import new_id
 from ..schema import events, runners, runs, tasks
 from .base import StoreBase, add_events, const, now_expr
-from .fast import PreparedCache
+from .fast import Prepared, PreparedCache
 
 _CLAIM_RETURNING = (
     runs.c.id,
@@ -134,16 +134,11 @@ def _load_claimed(conn: Connection, rows: Sequence[Any]) -> list[ClaimedRun]:
     return claimed_runs(rows, task_rows)
 
 
-def tasks_of_claim(
-    conn: Connection, prepared: PreparedCache, token: str
-) -> Callable[[], list[dict[str, Any]]]:
-    """The tasks of the runs a claim took (started now, fetched by the returned function)."""
-    postgres = conn.dialect.name == "postgresql"
-    statement = prepared.get(
+def tasks_of_claim_statement(prepared: PreparedCache, postgres: bool) -> Prepared:
+    """The tasks of the runs a claim took (parameter `token`), in position order."""
+    return prepared.get(
         ("tasks_of_claim", postgres), lambda: _TASKS_OF_CLAIM_PG if postgres else _TASKS_OF_CLAIM
     )
-    fetch = statement.start(conn, {"token": token})
-    return lambda: [t._asdict() for t in fetch()]
 
 
 def claimed_runs(rows: Sequence[Any], task_rows: Iterable[dict[str, Any]]) -> list[ClaimedRun]:
@@ -202,7 +197,7 @@ def claimed_events_statement(postgres: bool) -> Any:
 def claim_rows(conn: Connection, rows: Sequence[Any], runner_id: str) -> list[ClaimedRun]:
     """Record run.claimed for freshly claimed rows and load them with their tasks (the
     dispatcher's claim does both without waiting for the rows: claimed_events_statement,
-    tasks_of_claim)."""
+    tasks_of_claim_statement)."""
     add_events(
         conn,
         [

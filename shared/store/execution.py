@@ -51,7 +51,7 @@ from .claims import (
     claimed_events_statement,
     claimed_runs,
     earlier_claim,
-    tasks_of_claim,
+    tasks_of_claim_statement,
 )
 from .fast import Prepared, PreparedCache, commit_in_pipeline, pipeline
 
@@ -390,7 +390,11 @@ class ExecutionVerbs(StoreBase):
                 statement.execute_bound(conn, bound)
             return [guarded[b.run_id] for b in batches]
 
-        def tx(conn: Connection, attempt: int) -> tuple[list[WriteOutcome], list[ClaimedRun]]:
+        # The transaction returns what builds the claimed runs: their rows are decoded (JSON
+        # columns) after the commit, outside the write lock.
+        def tx(
+            conn: Connection, attempt: int
+        ) -> tuple[list[WriteOutcome], Callable[[], list[ClaimedRun]]]:
             outcomes: list[WriteOutcome] = []
             pending_events: list[dict[str, Any]] = []
             req = claim if claiming else None
@@ -400,7 +404,7 @@ class ExecutionVerbs(StoreBase):
                     if batches:
                         outcomes = _apply(conn, batches, attempt, self.prepared)
                     req.filled = True  # as far as we know: claim again next cycle
-                    return outcomes, earlier
+                    return outcomes, lambda: earlier
             params = {} if req is None else {"token": req.token, "runner_id": req.runner_id}
             # A suspect (see claims.py) takes one slot of the claim. With more than one free,
             # one is kept for it and the suspect claim runs with the rest; with one, it runs
@@ -408,7 +412,9 @@ class ExecutionVerbs(StoreBase):
             suspects_due = req is not None and req.suspects > 0
             suspects: Callable[[], list[Any]] = list
             if req is not None and suspects_due and req.limit == 1:
-                found = claim_statement_for(req, True).rows(conn, {**params, "lim": 1})
+                found = claim_statement_for(req, True).start(
+                    conn, {**params, "lim": 1}, decode=False
+                )()
                 suspects = lambda: found  # noqa: E731
             # The rest goes out in one round trip on PostgreSQL (fast.pipeline) unless a
             # batch needs SQLAlchemy's own execution (artifacts, releases, a retry's checks).
@@ -420,28 +426,40 @@ class ExecutionVerbs(StoreBase):
                 if req is None:
                     if simple:
                         commit_in_pipeline(conn)
-                    return outcomes, []
+                    return outcomes, list
                 fresh_limit = req.limit - (1 if suspects_due else 0)
                 if suspects_due and req.limit > 1:
-                    suspects = claim_statement_for(req, True).start(conn, {**params, "lim": 1})
+                    suspects = claim_statement_for(req, True).start(
+                        conn, {**params, "lim": 1}, decode=False
+                    )
                 elif suspects_due:
                     fresh_limit = req.limit - len(suspects())
                 fresh: Callable[[], list[Any]] = list
                 if fresh_limit > 0:
                     fresh = claim_statement_for(req, False).start(
-                        conn, {**params, "lim": fresh_limit}
+                        conn, {**params, "lim": fresh_limit}, decode=False
                     )
                 self.prepared.get(
                     ("claimed_events", self.is_postgres),
                     partial(claimed_events_statement, self.is_postgres),
                 ).execute(conn, params)
-                task_rows = tasks_of_claim(conn, self.prepared, req.token)
+                tasks_statement = tasks_of_claim_statement(self.prepared, self.is_postgres)
+                task_rows = tasks_statement.start(conn, {"token": req.token}, decode=False)
                 if simple:
                     commit_in_pipeline(conn)
-            fresh_rows = fresh()
+            fresh_rows, suspect_rows, raw_tasks = fresh(), suspects(), task_rows()
             req.filled = fresh_limit > 0 and len(fresh_rows) >= fresh_limit
-            return outcomes, claimed_runs([*suspects(), *fresh_rows], task_rows())
+
+            def build() -> list[ClaimedRun]:
+                rows = [
+                    *(claim_statement_for(req, True).decode(suspect_rows) if suspect_rows else ()),
+                    *claim_statement_for(req, False).decode(fresh_rows),
+                ]
+                return claimed_runs(rows, [t._asdict() for t in tasks_statement.decode(raw_tasks)])
+
+            return outcomes, build
 
         if not batches and not claiming:
             return [], []
-        return self.write_attempts(tx)
+        outcomes, build = self.write_attempts(tx)
+        return outcomes, build()

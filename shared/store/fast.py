@@ -108,21 +108,23 @@ class Prepared:
         return self.start(conn, params)()
 
     def start(
-        self, conn: Connection, params: Mapping[str, Any] | None = None
+        self, conn: Connection, params: Mapping[str, Any] | None = None, *, decode: bool = True
     ) -> Callable[[], list[Any]]:
         """Execute; returns the function that fetches the rows. Inside `pipeline()` on
-        psycopg the statement is only queued: fetching waits for its result (a sync)."""
+        psycopg the statement is only queued: fetching waits for its result (a sync).
+        With `decode=False` the rows come as the driver returns them, for `decode` later
+        (after the commit, say: outside a writer's lock)."""
         if not self.fast:
             rows = list(conn.execute(self.stmt, dict(params or {})).all())
             return lambda: rows
         args = self._params(params or {})
         cursor = self._run(conn, lambda c, p: c.execute(self.sql, p), args)
         if conn.dialect.driver != "psycopg":
-            rows = self._fetch(conn, cursor, args)
+            rows = self._fetch(conn, cursor, args, decode)
             return lambda: rows
-        return lambda: self._fetch(conn, cursor, args)
+        return lambda: self._fetch(conn, cursor, args, decode)
 
-    def _fetch(self, conn: Connection, cursor: Any, args: Any) -> list[Any]:
+    def _fetch(self, conn: Connection, cursor: Any, args: Any, decode: bool = True) -> list[Any]:
         try:
             raw = cursor.fetchall() if self._row is not None else []
             if self._result is None and self._row is not None:
@@ -131,8 +133,13 @@ class Prepared:
             _reraise(conn, exc, self.sql, args, cursor)
         finally:
             cursor.close()
-        if self._row is None:
-            return []
+        return self.decode(raw) if decode else raw
+
+    def decode(self, raw: list[Any]) -> list[Any]:
+        """Rows fetched with `decode=False` as `rows` returns them (result processors run,
+        attribute access by column key)."""
+        if not self.fast or self._row is None:
+            return raw
         make = self._row._make
         if not self._result:
             return [make(r) for r in raw]

@@ -240,6 +240,9 @@ def test_a_claim_takes_at_most_one_rescued_run_and_none_while_one_is_held(store)
     second = take(0)  # three suspects wait, but this runner holds one: fresh runs only
     assert [c.claim_count for c in second] == [1, 1] and {c.id for c in second} <= set(fresh)
     assert {c.id for c in rescued} >= {c.id for c in first if c.claim_count == 3}
+    # Suspect and fresh rows alike come back decoded (they are decoded after the commit).
+    for c in [*first, *second]:
+        assert isinstance(c.inputs, dict) and isinstance(c.definition, dict)
 
 
 def test_a_claim_never_takes_more_than_its_limit(store):
