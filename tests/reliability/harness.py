@@ -184,11 +184,37 @@ def elapsed(since: float) -> float:
     return round(time.monotonic() - since, 2)
 
 
+def _wait_server_idle(proc: Proc, db_url: str) -> None:
+    """After SIGSTOP: wait until PostgreSQL has finished what the frozen runner sent before it
+    stopped (a COMMIT in flight still lands). Until then a test reading which runs the frozen
+    runner holds could miss a claim that commits a moment later."""
+    import psutil
+    import psycopg
+
+    ports = {c.laddr.port for c in psutil.Process(proc.pid).net_connections("tcp") if c.raddr}
+    dsn = db_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        def busy() -> int:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+                " AND client_port = ANY(%s)",
+                (list(ports),),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        wait_for(lambda: busy() == 0, 10, 0.01, what="the frozen runner's statements to end")
+
+
 def freeze(proc: Proc, db_url: str, attempts: int = 50) -> None:
     """SIGSTOP a runner. On a SQLite file, only at a moment it holds no write lock: SQLite has no
     server to end a frozen writer's transaction, so a process frozen inside one stops every
     writer until it resumes (PostgreSQL ends it: idle_in_transaction_session_timeout; sqld
     takes the lock back after 5 s)."""
+    if db_url.startswith("postgresql"):
+        proc.send(signal.SIGSTOP)
+        _wait_server_idle(proc, db_url)
+        return
     if not db_url.startswith("sqlite:///"):
         proc.send(signal.SIGSTOP)
         return
