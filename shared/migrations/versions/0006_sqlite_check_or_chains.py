@@ -12,9 +12,10 @@ definitions are rewritten in place, as SQLite documents for changes of CHECK con
 (https://www.sqlite.org/lang_altertable.html#otheralter): writable_schema, then a new schema
 version. No table is copied.
 
-PostgreSQL evaluates IN lists without such a cost: nothing changes there. A remote libSQL
-server does not let clients write the schema table: its constraints stay as they were (same
-rules, the old cost).
+PostgreSQL evaluates IN lists without such a cost: nothing changes there. On a remote
+libSQL server the migration does nothing either (writing the schema table through a server is
+not something to bet a migration on): its constraints stay as they were — same rules, the old
+cost.
 
 Revision ID: 0006_sqlite_check_or_chains
 Revises: 0005_runs_fillfactor
