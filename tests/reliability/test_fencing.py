@@ -61,17 +61,19 @@ def test_stale_fencing(backend, bstore, db_url, fleet, oracle):
     wait_terminal(bstore, [run_id], timeout=60, what="runner B to finish the run")
     a.send(signal.SIGCONT)
     wait_for(lambda: "lease lost" in a.output(), 30, 0.1, what="runner A to notice its lost lease")
-    # A's stage ran to its end after SIGCONT and tried to record it: look for its effect.
+    # After SIGCONT A's stage either runs to its end (its deadline passed while frozen) or sees
+    # the lost lease first at its next check_cancel() — a race between its thread and A's
+    # heartbeat. Either way A's execution then stops, and nothing it writes is accepted.
     wait_for(
-        lambda: any(e["pid"] == a.pid and e["phase"] == "end" for e in effects(fleet.effects)),
-        30, 0.1, what="runner A's stage to finish after SIGCONT",
+        lambda: "execution stopped" in a.output(),
+        30, 0.1, what="runner A to stop the run's execution after SIGCONT",
     )  # fmt: skip
     assert a.alive(), a.output()
     detail = bstore.get_run(run_id)
     by_a = [(e["step"], e["phase"]) for e in effects(fleet.effects) if e["pid"] == a.pid]
     oracle(bstore, [run_id], stale_runner_effects=len(by_a))
-    # A finished the stage it was frozen in, and started nothing after it.
-    assert by_a == [("hold", "start"), ("hold", "end")], by_a
+    # A finished (or abandoned) the stage it was frozen in, and started nothing after it.
+    assert by_a in ([("hold", "start"), ("hold", "end")], [("hold", "start")]), by_a
     assert _claims(bstore, run_id) == [a_id, b_id]
     assert detail["status"] == "succeeded" and detail["claimed_by"] == b_id
     assert all(t["output"]["pid"] == b.pid for t in detail["tasks"]), detail["tasks"]
