@@ -88,8 +88,7 @@ class Prepared:
                 elif default is not _MISSING:
                     out.append(default)
                 else:
-                    missing = sorted(self._required - given.keys())
-                    raise KeyError(f"missing parameters {missing} for {self.sql[:60]!r}…")
+                    self._missing(given.keys())
             return tuple(out)
         values = dict(self._defaults)
         bind = self._bind
@@ -97,9 +96,12 @@ class Prepared:
             proc = bind.get(name)
             values[name] = value if proc is None else proc(value)
         if not self._required <= values.keys():
-            missing = sorted(self._required - values.keys())
-            raise KeyError(f"missing parameters {missing} for {self.sql[:60]!r}…")
+            self._missing(values.keys())
         return values
+
+    def _missing(self, given: Iterable[str]) -> NoReturn:
+        missing = sorted(self._required - set(given))
+        raise KeyError(f"missing parameters {missing} for {self.sql[:60]!r}…")
 
     # -- execution -------------------------------------------------------------------------
 
