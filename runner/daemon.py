@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import __version__
+from shared.db import runner_session_name
 from shared.errors import ConfigError, DatabaseUnavailable, LoopdeckError
 from shared.ids import new_id
 from shared.logcontext import log_context
@@ -65,8 +66,10 @@ class Runner:
             raise ConfigError("at least one --queue is needed")
         self.settings = settings
         self.options = options
-        self.store = store or Store.from_settings(settings, retry_seconds=10.0)
         self.id = new_id("rnr")
+        self.store = store or Store.from_settings(
+            settings, retry_seconds=10.0, session_name=runner_session_name(self.id)
+        )
         self.hostname = socket.gethostname()
         self.host_key = host_key()
         self.workflows: dict[str, Workflow] = {}

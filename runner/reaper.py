@@ -38,6 +38,13 @@ class Reaper:
     def run_once(self, now_ms: int | None = None) -> list[dict[str, Any]]:
         try:
             rescued = self.store.rescue_from_dead_runners(self.hostname, self._is_dead)
+            for s in self.store.end_stuck_sessions(now_ms=now_ms):
+                log.warning(
+                    "ended database session %s of stalled runner %s: inside one transaction "
+                    "for %.1fs, holding locks its runs' rescue needs (last statement: %s)",
+                    s["pid"], s["runner_id"], s["stuck_s"], s["query"],
+                    extra={"action": "end_session", "stalled_runner": s["runner_id"]},
+                )  # fmt: skip
             rescued += self.store.reap_stalled(now_ms=now_ms)
         except DatabaseUnavailable as exc:
             log.warning("reaper: %s", exc, extra={"action": "db_unavailable"})

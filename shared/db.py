@@ -81,11 +81,32 @@ def dialect_of(url: str) -> str:
     return make_url(normalize_url(url)).get_backend_name()
 
 
+RUNNER_SESSION_PREFIX = "loopdeck runner "
+
+
+def runner_session_name(runner_id: str) -> str:
+    """The PostgreSQL `application_name` of a runner's sessions: a reaper that finds the runner
+    stalled can find, and end, a session of it stuck inside a transaction."""
+    return RUNNER_SESSION_PREFIX + runner_id
+
+
+def stuck_after_s(stall_after: float) -> float:
+    """How long a session may sit inside one transaction without progress before the server
+    (idle in transaction) or a reaper (stalled runner, mid-pipeline) ends it. Our transactions
+    take milliseconds and never wait on anything outside the database."""
+    return max(1.0, min(10.0, stall_after / 2))
+
+
 def make_engine(
-    url: str, settings: Settings | None = None, *, wait_seconds: float = 10.0
+    url: str,
+    settings: Settings | None = None,
+    *,
+    wait_seconds: float = 10.0,
+    session_name: str = "loopdeck",
 ) -> Engine:
     """An engine for `url`. `wait_seconds` caps how long one statement waits for a busy
-    SQLite file (its busy handler) before the error goes up to the retry loop."""
+    SQLite file (its busy handler) before the error goes up to the retry loop; `session_name`
+    is PostgreSQL's application_name for its sessions."""
     settings = settings or Settings()
     url = normalize_url(url)
     try:
@@ -99,7 +120,7 @@ def make_engine(
         if backend == "sqlite":
             return _sqlite_engine(url, parsed.database, settings, wait_seconds)
         if backend == "postgresql":
-            return _postgres_engine(url, settings)
+            return _postgres_engine(url, settings, session_name)
     except ImportError as exc:
         extra = "postgres" if backend == "postgresql" else "libsql"
         raise ConfigError(
@@ -176,15 +197,17 @@ def _libsql_engine(url: str, settings: Settings) -> Engine:
     return engine
 
 
-def _postgres_engine(url: str, settings: Settings) -> Engine:
+def _postgres_engine(url: str, settings: Settings, session_name: str) -> Engine:
     # A process frozen inside a transaction (SIGSTOP, a VM pause, a debugger) keeps its row
     # locks while its connection stays up, and the reaper would wait on them for as long:
     # the server ends such a session instead. Our transactions never idle between statements.
-    idle_ms = int(max(1.0, min(10.0, settings.stall_after / 2)) * 1000)
+    # (Frozen halfway through sending a pipeline, the session is not idle but waiting for the
+    # rest: no server timeout covers that; the reaper ends it, see end_stuck_sessions.)
+    idle_ms = int(stuck_after_s(settings.stall_after) * 1000)
     kwargs: dict[str, Any] = {
         "connect_args": {
             "connect_timeout": 3,
-            "application_name": "loopdeck",
+            "application_name": session_name,
             "options": f"-c idle_in_transaction_session_timeout={idle_ms}",
         },
     }

@@ -63,9 +63,16 @@ class Store(
         self.max_inputs_bytes = max_inputs_bytes
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, retry_seconds: float = 10.0) -> Store:
+    def from_settings(
+        cls, settings: Settings, *, retry_seconds: float = 10.0, session_name: str = "loopdeck"
+    ) -> Store:
         return cls(
-            make_engine(settings.database_url, settings, wait_seconds=retry_seconds),
+            make_engine(
+                settings.database_url,
+                settings,
+                wait_seconds=retry_seconds,
+                session_name=session_name,
+            ),
             stall_after_ms=settings.stall_after_ms,
             max_claims=settings.max_claims,
             retry_seconds=retry_seconds,

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, case, select, text, update
+from sqlalchemy import Connection, case, column, func, literal, select, table, text, update
 
 from ..clock import db_now_ms
+from ..db import RUNNER_SESSION_PREFIX, stuck_after_s
 from ..schema import runners, runs, tasks
 from .base import StoreBase, add_events, const, now_expr
 
@@ -92,7 +93,62 @@ def _rescue(
     return {"run_id": cand.id, "status": row.status, "claimed_by": cand.claimed_by, "reason": why}
 
 
+_activity = table(
+    "pg_stat_activity",
+    column("pid"),
+    column("application_name"),
+    column("xact_start"),
+    column("state_change"),
+    column("state"),
+    column("wait_event"),
+    column("query"),
+)
+
+
 class ReaperVerbs(StoreBase):
+    def end_stuck_sessions(self, *, now_ms: int | None = None) -> list[dict[str, Any]]:
+        """PostgreSQL: end the database sessions of stalled runners that have sat inside one
+        transaction, without progress, for longer than a transaction of ours ever takes.
+
+        A runner frozen (SIGSTOP, a paused VM) halfway through sending a pipeline leaves its
+        session waiting for the rest, holding the row locks of the runs it was writing: the
+        server's idle-in-transaction timeout does not cover a session that never got its Sync,
+        and the rescue of those runs would wait on the locks for as long as the freeze lasts.
+        Ending the session rolls its transaction back; the runner, if it wakes, reconnects and
+        finds its claims revoked (its writes are fenced). Elsewhere a no-op: SQLite has no
+        sessions to end (tests freeze runners outside write transactions; docs/many-hosts.md).
+        Returns what was ended: pid, runner_id, seconds stuck, query."""
+        if not self.is_postgres:
+            return []
+        stall = self.stall_after_ms
+        stuck_s = stuck_after_s(stall / 1000)
+        prefix = literal(RUNNER_SESSION_PREFIX)
+        stale_runners = select(prefix + runs.c.claimed_by).where(
+            runs.c.status == const("running"), runs.c.heartbeat_at < now_expr(now_ms) - stall
+        )
+        since = func.clock_timestamp() - _activity.c.state_change
+        query = select(
+            _activity.c.pid,
+            func.substr(_activity.c.application_name, len(RUNNER_SESSION_PREFIX) + 1).label(
+                "runner_id"
+            ),
+            func.extract("epoch", since).label("stuck_s"),
+            func.left(_activity.c.query, 200).label("query"),
+            func.pg_terminate_backend(_activity.c.pid).label("ended"),
+        ).where(
+            _activity.c.application_name.startswith(RUNNER_SESSION_PREFIX, autoescape=True),
+            _activity.c.pid != func.pg_backend_pid(),
+            _activity.c.xact_start.is_not(None),
+            since > func.make_interval(0, 0, 0, 0, 0, 0, stuck_s),
+            _activity.c.application_name.in_(stale_runners),
+        )
+        rows = self.read(lambda conn: conn.execute(query).all())
+        return [
+            {"pid": r.pid, "runner_id": r.runner_id, "stuck_s": float(r.stuck_s),
+             "query": r.query, "ended": bool(r.ended)}
+            for r in rows
+        ]  # fmt: skip
+
     def reap_stalled(self, *, now_ms: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """Rescue running runs whose heartbeat is older than stall_after (by the DB clock)."""
         stall = self.stall_after_ms

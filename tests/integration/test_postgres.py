@@ -151,6 +151,70 @@ def test_a_runner_frozen_in_a_transaction_does_not_hold_up_the_reaper(store, db_
         frozen.dispose()
 
 
+def _frozen_mid_pipeline(store: Store, runner_id: str, run_id: str) -> psycopg.Connection:
+    """A runner's session frozen halfway through a pipeline: BEGIN and an UPDATE of the run's
+    row sent and executed, the Sync never sent. The server shows it active, reading from the
+    client, with the row locked, and no timeout of its own ends it."""
+    from shared.db import runner_session_name
+
+    conn = psycopg.connect(_dsn(store), application_name=runner_session_name(runner_id))
+    pg = conn.pgconn
+    pg.enter_pipeline_mode()
+    pg.send_query_params(b"BEGIN", None)
+    pg.send_query_params(
+        b"UPDATE runs SET heartbeat_at = heartbeat_at WHERE id = $1", [run_id.encode()]
+    )
+    while pg.flush():
+        pass
+    return conn
+
+
+def _session(store: Store, runner_id: str) -> tuple | None:
+    from shared.db import runner_session_name
+
+    with psycopg.connect(_dsn(store), autocommit=True) as admin:
+        return admin.execute(
+            "SELECT state, wait_event, xact_start IS NOT NULL FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            (runner_session_name(runner_id),),
+        ).fetchone()
+
+
+def test_the_reaper_ends_a_stalled_runner_session_stuck_mid_pipeline(store):
+    stalled, _ = store.create_run("essay", {"topic": "stalled"})
+    live, _ = store.create_run("essay", {"topic": "live"})
+    store.claim_runs("rnr_stalled", queues=["default"], workflows=["essay"], limit=1)
+    store.claim_runs("rnr_live", queues=["default"], workflows=["essay"], limit=1)
+    # Only rnr_stalled's heartbeat is stale at `far`: rnr_live's is later still. Its session is
+    # stuck just as long; it is not ended (its runner is not stalled).
+    far = 10**13
+    with psycopg.connect(_dsn(store), autocommit=True) as admin:
+        admin.execute("UPDATE runs SET heartbeat_at = %s WHERE id = %s", (far, live["id"]))
+    frozen = _frozen_mid_pipeline(store, "rnr_stalled", stalled["id"])
+    busy = _frozen_mid_pipeline(store, "rnr_live", live["id"])
+    try:
+        wait_for(
+            lambda: _session(store, "rnr_stalled") == ("active", "ClientRead", True),
+            10, 0.02, what="the frozen session to wait for the rest of its pipeline",
+        )  # fmt: skip
+        ended = wait_for(lambda: store.end_stuck_sessions(now_ms=far), 10, 0.1,
+                         what="the stuck session of the stalled runner to be ended")  # fmt: skip
+        assert [(e["runner_id"], e["ended"]) for e in ended] == [("rnr_stalled", True)]
+        assert ended[0]["stuck_s"] >= 1.0 and "UPDATE runs" in ended[0]["query"]
+        wait_for(lambda: _session(store, "rnr_stalled") is None, 10, 0.02,
+                 what="the ended session to be gone")  # fmt: skip
+        # Its lock is gone with it: the rescue goes through at once.
+        rescued = store.reap_stalled(now_ms=far)
+        assert [r["run_id"] for r in rescued] == [stalled["id"]]
+        assert store.get_run(stalled["id"])["status"] == "queued"
+        assert _session(store, "rnr_live") == ("active", "ClientRead", True)
+        assert store.end_stuck_sessions(now_ms=far) == []
+    finally:
+        for c in (frozen, busy):
+            with contextlib.suppress(Exception):
+                c.close()
+
+
 def _deadlocks(store: Store) -> int:
     with psycopg.connect(_dsn(store)) as conn:
         row = conn.execute(

@@ -38,11 +38,24 @@ def bstore(db_url: str, timings: Timings) -> Iterator[Store]:
     store.dispose()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def fleet(db_url: str, tmp_path: Path, timings: Timings) -> Iterator[Fleet]:
+def fleet(
+    db_url: str, tmp_path: Path, timings: Timings, request: pytest.FixtureRequest
+) -> Iterator[Fleet]:
+    """The scenario's runners; when the scenario fails, their logs go into its report."""
     f = Fleet(db_url, tmp_path, timings)
     yield f
     f.stop_all()
+    call = getattr(request.node, "rep_call", None)
+    if call is not None and call.failed:
+        call.sections.append(("runner logs", f.logs()))
 
 
 @pytest.fixture

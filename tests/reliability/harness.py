@@ -187,23 +187,31 @@ def elapsed(since: float) -> float:
 def _wait_server_idle(proc: Proc, db_url: str) -> None:
     """After SIGSTOP: wait until PostgreSQL has finished what the frozen runner sent before it
     stopped (a COMMIT in flight still lands). Until then a test reading which runs the frozen
-    runner holds could miss a claim that commits a moment later."""
+    runner holds could miss a claim that commits a moment later. A session left waiting for
+    the rest of a pipeline (active, ClientRead; or ClientWrite, its results unread) has done
+    all it will: its transaction stays
+    open, holding its locks, until a reaper ends the session."""
     import psutil
     import psycopg
 
     ports = {c.laddr.port for c in psutil.Process(proc.pid).net_connections("tcp") if c.raddr}
     dsn = db_url.replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(dsn, autocommit=True) as conn:
+        seen: list[tuple[Any, ...]] = []
 
-        def busy() -> int:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
-                " AND client_port = ANY(%s)",
+        def idle() -> bool:
+            seen[:] = conn.execute(
+                "SELECT state, wait_event_type, wait_event, now() - xact_start, query"
+                " FROM pg_stat_activity WHERE state = 'active' AND client_port = ANY(%s)"
+                " AND coalesce(wait_event, '') NOT IN ('ClientRead', 'ClientWrite')",
                 (list(ports),),
-            ).fetchone()
-            return int(row[0]) if row else 0
+            ).fetchall()
+            return not seen
 
-        wait_for(lambda: busy() == 0, 10, 0.01, what="the frozen runner's statements to end")
+        try:
+            wait_for(idle, 10, 0.01, what="the frozen runner's statements to end")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; still active: {seen!r}") from None
 
 
 def freeze(proc: Proc, db_url: str, attempts: int = 50) -> None:
