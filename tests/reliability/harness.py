@@ -214,6 +214,19 @@ def _wait_server_idle(proc: Proc, db_url: str) -> None:
             raise AssertionError(f"{e}; still active: {seen!r}") from None
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """kill(SIGSTOP) returns before every thread has stopped: a thread then on a CPU runs on
+    until the kernel interrupts it. Stopped means each thread's state is T."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        states.append(stat[stat.rindex(")") + 2])
+    return bool(states) and all(s in "tT" for s in states)
+
+
 def freeze(proc: Proc, db_url: str, attempts: int = 50) -> None:
     """SIGSTOP a runner. On a SQLite file, only at a moment it holds no write lock: SQLite has no
     server to end a frozen writer's transaction, so a process frozen inside one stops every
@@ -221,6 +234,7 @@ def freeze(proc: Proc, db_url: str, attempts: int = 50) -> None:
     takes the lock back after 5 s)."""
     if db_url.startswith("postgresql"):
         proc.send(signal.SIGSTOP)
+        wait_for(lambda: _all_threads_stopped(proc.pid), 5, 0.001, what="the runner to stop")
         _wait_server_idle(proc, db_url)
         return
     if not db_url.startswith("sqlite:///"):
@@ -231,6 +245,7 @@ def freeze(proc: Proc, db_url: str, attempts: int = 50) -> None:
     path = db_url.removeprefix("sqlite:///")
     for _ in range(attempts):
         proc.send(signal.SIGSTOP)
+        wait_for(lambda: _all_threads_stopped(proc.pid), 5, 0.001, what="the runner to stop")
         probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
         try:
             probe.execute("BEGIN IMMEDIATE")
