@@ -51,6 +51,7 @@ from .claims import (
     claimed_events_statement,
     claimed_runs,
     earlier_claim,
+    lazy_commit_statement,
     tasks_of_claim_statement,
 )
 from .fast import Prepared, PreparedCache, commit_in_pipeline, pipeline
@@ -427,6 +428,8 @@ class ExecutionVerbs(StoreBase):
                     if simple:
                         commit_in_pipeline(conn)
                     return outcomes, list
+                if simple and not batches and self.is_postgres:
+                    self.prepared.get(("lazy_commit",), lazy_commit_statement).execute(conn)
                 fresh_limit = req.limit - (1 if suspects_due else 0)
                 if suspects_due and req.limit > 1:
                     suspects = claim_statement_for(req, True).start(

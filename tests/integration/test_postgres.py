@@ -272,3 +272,53 @@ def test_heartbeats_and_flushes_of_the_same_runs_take_their_row_locks_in_one_ord
         t.join(timeout=120)
     assert not errors, errors
     assert _deadlocks(store) == before
+
+
+def _wal_syncs_of(store: Store, work) -> int:
+    """WAL flushes (fdatasync) the cluster made while `work` ran on its own sessions of
+    `store`'s database: their stats reach pg_stat_wal for sure once the sessions have ended."""
+    dsn = _dsn(store)
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        before = admin.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()[0]
+        own = Store.from_settings(Settings(database_url=dsn, db_pool="null"), session_name="wal")
+        try:
+            work(own)
+        finally:
+            own.dispose()
+        wait_for(
+            lambda: not admin.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'wal'"
+            ).fetchone(),
+            10, 0.02, what="the sessions to end",
+        )  # fmt: skip
+        return int(admin.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()[0]) - before
+
+
+def test_a_claim_alone_commits_without_waiting_for_its_wal_flush_and_a_completion_waits(store):
+    from shared.store import ClaimRequest, RunWrites
+
+    n = 40
+    store.create_runs("essay", [{"topic": str(i)} for i in range(n)])
+
+    held = []
+
+    def claims(s: Store) -> None:
+        for _ in range(n):
+            _, got = s.apply_run_writes([], ClaimRequest("rnr_a", ("default",), ("essay",), 1))
+            held.extend(got)
+
+    lazy = _wal_syncs_of(store, claims)
+    assert len(held) == n
+
+    def completions(s: Store) -> None:
+        for c in held:
+            batch = RunWrites(c.id, c.token, 0, run={"status": "succeeded"})
+            outcomes, _ = s.apply_run_writes([batch])
+            assert outcomes[0].applied
+
+    durable = _wal_syncs_of(store, completions)
+    # Each completion waits for its own flush; the claims leave theirs to the WAL writer
+    # (a few flushes a second, whatever else runs on the server).
+    assert durable >= n, durable
+    assert lazy < n / 2, lazy
+    assert {r["status"] for r in store.list_runs(limit=n)["runs"]} == {"succeeded"}
