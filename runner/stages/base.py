@@ -104,6 +104,8 @@ def artifact_row(
 
 def check_output(value: Any) -> str | None:
     """None if `value` can be stored as a stage output, else why not."""
+    if value is None:
+        return None
     try:
         encoded = json.dumps(value)
     except (TypeError, ValueError) as exc:

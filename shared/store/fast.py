@@ -62,8 +62,12 @@ class Prepared:
         self._required = frozenset(set(compiled.bind_names.values()) - self._defaults.keys())
         # Positional drivers (sqlite3): per placeholder, its name, the bind processor of a
         # caller's value, and the statement's own value (or _MISSING: the caller must give it).
-        self._plan: tuple[tuple[str, Callable[[Any], Any] | None, Any], ...] = tuple(
-            (name, self._bind.get(name), self._defaults.get(name, _MISSING))
+        # None is the commonest value written (an output not there yet, a stage's null
+        # output) and its processed form is the same every time ('null' for a JSON column):
+        # made once here, not per row.
+        self._none: dict[str, Any] = {name: _none_of(proc) for name, proc in self._bind.items()}
+        self._plan: tuple[tuple[str, Callable[[Any], Any] | None, Any, Any], ...] = tuple(
+            (name, self._bind.get(name), self._defaults.get(name, _MISSING), self._none.get(name))
             for name in self._positional or ()
         )
         returned = _result_columns(stmt)
@@ -81,10 +85,13 @@ class Prepared:
         if self._positional is not None:
             # Straight into the placeholders' order (this runs once per row written).
             out = []
-            for name, proc, default in self._plan:
+            for name, proc, default, none in self._plan:
                 if name in given:
                     value = given[name]
-                    out.append(value if proc is None else proc(value))
+                    if value is None and none is not _MISSING:
+                        out.append(none)
+                    else:
+                        out.append(value if proc is None else proc(value))
                 elif default is not _MISSING:
                     out.append(default)
                 else:
@@ -92,9 +99,14 @@ class Prepared:
             return tuple(out)
         values = dict(self._defaults)
         bind = self._bind
+        none = self._none
         for name, value in given.items():
             proc = bind.get(name)
-            values[name] = value if proc is None else proc(value)
+            if proc is None:
+                values[name] = value
+            else:
+                nv = none[name] if value is None else _MISSING
+                values[name] = proc(value) if nv is _MISSING else nv
         if not self._required <= values.keys():
             self._missing(values.keys())
         return values
@@ -216,6 +228,15 @@ class Prepared:
                 _reraise(conn, exc, self.sql, params, cursor)
             raise
         return cursor
+
+
+def _none_of(proc: Callable[[Any], Any]) -> Any:
+    """What a bind processor makes of None, or _MISSING when it will not say (then it is
+    called per value, as usual)."""
+    try:
+        return proc(None)
+    except Exception:  # noqa: BLE001 - a processor that rejects None keeps doing so per call
+        return _MISSING
 
 
 @contextmanager
