@@ -74,7 +74,9 @@ runs = Table(
     Column("workflow", String(200), nullable=False),
     Column("version", String(64), nullable=False),
     Column("kind", String(8), nullable=False),
-    Column("config_snapshot", Json, nullable=False),
+    # The same text for every run of one workflow version: a reader on the hot path (the
+    # claim) decodes each distinct text once and shares the result, which nobody may change.
+    Column("config_snapshot", Json, nullable=False, info={"decode_once": True}),
     Column("inputs", Json, nullable=False),
     Column("status", String(16), nullable=False),
     Column("queue", String(100), nullable=False, server_default="default"),

@@ -18,6 +18,7 @@ parameters (`IN :list`) cannot be prepared: their SQL changes with the list's le
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -76,7 +77,7 @@ class Prepared:
         self._fields: tuple[str, ...] = tuple(c.key for c in returned)
         # The result processors, made at the first fetch: some dialects pick one by the
         # column's type code in the cursor's description (PostgreSQL's numerics).
-        self._result: list[tuple[int, Callable[[Any], Any]]] | None = None
+        self._result: list[tuple[int, Callable[[Any], Any], Any]] | None = None
         self._row: Any = _row_class(self._fields) if returned else None
 
     # -- parameters ------------------------------------------------------------------------
@@ -160,19 +161,28 @@ class Prepared:
         out = []
         for r in raw:
             values = list(r)
-            for i, proc in self._result:
-                values[i] = proc(values[i])
+            for i, proc, none in self._result:
+                value = values[i]
+                if value is None and none is not _MISSING:
+                    values[i] = none
+                else:
+                    values[i] = proc(value)
             out.append(make(values))
         return out
 
-    def _processors(self, description: Any) -> list[tuple[int, Callable[[Any], Any]]]:
+    def _processors(self, description: Any) -> list[tuple[int, Callable[[Any], Any], Any]]:
+        """Per column with a result processor: its index, the processor, and what it makes of
+        NULL (the commonest value of an optional column, the same every time)."""
         dialect = self._dialect
         out = []
         for i, column in enumerate(self._returned):
             type_code = description[i][1] if description else None
             proc = column.type.dialect_impl(dialect).result_processor(dialect, type_code)
-            if proc is not None:
-                out.append((i, proc))
+            if proc is None:
+                continue
+            if getattr(column, "info", {}).get("decode_once"):
+                proc = functools.lru_cache(maxsize=64)(proc)
+            out.append((i, proc, _none_of(proc)))
         return out
 
     def execute(self, conn: Connection, params: Mapping[str, Any] | None = None) -> None:
