@@ -2,7 +2,14 @@
 
     python -m bench.peers setup                  # throw-away venvs in /tmp/bench-peers (as its README)
     python -m bench.peers run --reps 3 [--peers huey pgqueuer …] [--only-loopdeck] [--tag T]
+    python -m bench.peers interleave --rounds 3 [--tag T]   # the targeted measures, alternating
     python -m bench.peers report [--tag T]       # bench/out/compare.md: one table of ratios
+
+`run` measures every peer, then Loopdeck: on a machine whose speed drifts over minutes the
+ratios then partly measure the drift. `interleave` alternates the two within each round —
+huey and Loopdeck's SQLite drains, pgqueuer's and Loopdeck's PostgreSQL drain with 2
+processes, oban-py's and Loopdeck's PostgreSQL pickup — so each pair ran under the same
+conditions; `report` with the same tag takes the medians over the rounds.
 
 The peers' code is never copied into this repository: their driver runs from
 ../shared/bench-peers (read-only) and writes its JSON lines to bench/out/peers-raw.jsonl;
@@ -93,6 +100,25 @@ def run_loopdeck(reps: int, n: int, count: int, tag: str) -> None:
             "--tag", f"{tag}sqlite-{sync}"], cwd=str(ROOT))  # fmt: skip
     sh([*base, "enqueue", "enqueue_batch", "drain1", "drain2", "latency", "--database-url",
         LOOPDECK_PG, "--tag", f"{tag}pg"], cwd=str(ROOT))  # fmt: skip
+
+
+def interleave(rounds: int, n: int, count: int, tag: str) -> None:
+    env = dict(os.environ, BENCH_RESULTS=str(PEER_RESULTS), BENCH_PG_DSN=PG_DSN,
+               BENCH_PY=str(VENV / "bin" / "python"), BENCH_PY312=str(VENV312 / "bin" / "python"))  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    driver = [str(VENV / "bin" / "python"), str(PEERS_DIR / "driver.py")]
+    ours = [sys.executable, "-m", "bench.run", "--reps", "1", "--n", str(n), "--count", str(count)]
+    for r in range(1, rounds + 1):
+        t = ["--tag", f"{tag}rep{r}"]
+        for procs in (1, 2):
+            _try([*driver, "huey", "drain", "--procs", str(procs), "--n", str(n), *t], env)
+        sh([*ours, "drain1", "drain2", "--tag", f"{tag}sqlite-normal-r{r}"], cwd=str(ROOT))
+        _try([*driver, "pgqueuer", "drain", "--procs", "2", "--n", str(n), *t], env)
+        sh([*ours, "drain2", "--database-url", LOOPDECK_PG, "--tag", f"{tag}pg-r{r}"],
+           cwd=str(ROOT))  # fmt: skip
+        _try([*driver, "oban", "latency", "--count", str(count), *t], env)
+        sh([*ours, "latency", "--database-url", LOOPDECK_PG, "--tag", f"{tag}pg-r{r}"],
+           cwd=str(ROOT))  # fmt: skip
 
 
 def _try(cmd: list[str], env: dict[str, str]) -> None:
@@ -193,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--only-loopdeck", action="store_true")
     r.add_argument("--only-peers", action="store_true")
     r.add_argument("--tag", default="cmp-")
+    il = sub.add_parser("interleave")
+    il.add_argument("--rounds", type=int, default=3)
+    il.add_argument("--n", type=int, default=20000)
+    il.add_argument("--count", type=int, default=200)
+    il.add_argument("--tag", default="il-")
     rp = sub.add_parser("report")
     rp.add_argument("--tag", default=None)
     args = p.parse_args(argv)
@@ -203,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             run_peers(args.peers, args.reps, args.n, args.count, args.tag)
         if not args.only_peers:
             run_loopdeck(args.reps, args.n, args.count, args.tag)
+    elif args.cmd == "interleave":
+        interleave(args.rounds, args.n, args.count, args.tag)
     else:
         table = report(args.tag)
         OUT.mkdir(parents=True, exist_ok=True)
