@@ -197,7 +197,7 @@ def claimed_events_statement(postgres: bool) -> Any:
 def lazy_commit_statement() -> Any:
     """PostgreSQL: this transaction's commit returns without waiting for its WAL flush (the
     WAL writer flushes it within ~3 x wal_writer_delay). Only for a transaction that claims and
-    writes nothing else, where it is a third of the idle pickup: if the server crashes before
+    writes nothing else, where the flush was a fifth of the idle pickup: if the server crashes before
     the flush, the claim is lost, the run is queued again as it was, and the runner that
     started it finds its lease gone at the next heartbeat and stops (its writes are fenced) —
     the stage may start twice, as after any crash, and nothing is lost. A later durable commit

@@ -105,9 +105,10 @@ class Prepared:
             proc = bind.get(name)
             if proc is None:
                 values[name] = value
+            elif value is None and none[name] is not _MISSING:
+                values[name] = none[name]
             else:
-                nv = none[name] if value is None else _MISSING
-                values[name] = proc(value) if nv is _MISSING else nv
+                values[name] = proc(value)
         if not self._required <= values.keys():
             self._missing(values.keys())
         return values
