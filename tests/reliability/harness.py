@@ -189,8 +189,7 @@ def _wait_server_idle(proc: Proc, db_url: str) -> None:
     stopped (a COMMIT in flight still lands). Until then a test reading which runs the frozen
     runner holds could miss a claim that commits a moment later. A session left waiting for
     the rest of a pipeline (active, ClientRead; or ClientWrite, its results unread) has done
-    all it will: its transaction stays
-    open, holding its locks, until a reaper ends the session."""
+    all it will: its transaction stays open, holding its locks, until a reaper ends it."""
     import psutil
     import psycopg
 
@@ -227,14 +226,18 @@ def _all_threads_stopped(pid: int) -> bool:
     return bool(states) and all(s in "tT" for s in states)
 
 
+def _stop(proc: Proc) -> None:
+    proc.send(signal.SIGSTOP)
+    wait_for(lambda: _all_threads_stopped(proc.pid), 5, 0.001, what="the runner to stop")
+
+
 def freeze(proc: Proc, db_url: str, attempts: int = 50) -> None:
     """SIGSTOP a runner. On a SQLite file, only at a moment it holds no write lock: SQLite has no
     server to end a frozen writer's transaction, so a process frozen inside one stops every
     writer until it resumes (PostgreSQL ends it: idle_in_transaction_session_timeout; sqld
     takes the lock back after 5 s)."""
     if db_url.startswith("postgresql"):
-        proc.send(signal.SIGSTOP)
-        wait_for(lambda: _all_threads_stopped(proc.pid), 5, 0.001, what="the runner to stop")
+        _stop(proc)
         _wait_server_idle(proc, db_url)
         return
     if not db_url.startswith("sqlite:///"):
@@ -244,8 +247,7 @@ def freeze(proc: Proc, db_url: str, attempts: int = 50) -> None:
 
     path = db_url.removeprefix("sqlite:///")
     for _ in range(attempts):
-        proc.send(signal.SIGSTOP)
-        wait_for(lambda: _all_threads_stopped(proc.pid), 5, 0.001, what="the runner to stop")
+        _stop(proc)
         probe = sqlite3.connect(path, timeout=0.2, isolation_level=None)
         try:
             probe.execute("BEGIN IMMEDIATE")
