@@ -8,7 +8,9 @@ One thread does what a runner's dispatcher and its executions do, in turn: `appl
 claimed run's real `Execution` of the one-stage no-op `call:` workflow, synchronously. No
 worker threads, no wake-ups, no GIL hand-offs: the difference from `bench.run drain1` at the
 same concurrency is what the runner's threads cost. Prints runs/s and the time per run spent
-in the transaction (`apply`) and in the executions (`exec`).
+in the transaction (`apply`) and in the executions (`exec`), and the CPU time per run of this
+process and, on PostgreSQL, of its server backend (from /proc): the wall times drift with
+this machine's speed, the split between client and server less so.
 
 A PostgreSQL URL must name a database used only for benchmarks: its `public` schema is
 dropped and recreated. With `ALTER DATABASE … SET log_min_duration_statement = 0` the server
@@ -18,6 +20,8 @@ log then shows each statement's server time (how bench/RESULTS.md splits a cycle
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +62,12 @@ def main() -> None:
     apply_s = exec_s = 0.0
     started = time.perf_counter()
     with store.pinned_connection():
+        backend = (
+            store.read(lambda conn: conn.execute(text("SELECT pg_backend_pid()")).scalar())
+            if store.is_postgres
+            else None
+        )
+        client_cpu, server_cpu = _own_cpu(), _cpu_of(backend)
         while True:
             t0 = time.perf_counter()
             claim = ClaimRequest("cycle", ("default",), ("noop",), args.limit, suspects=0)
@@ -79,12 +89,29 @@ def main() -> None:
             outbox.drain()
             exec_s += time.perf_counter() - t1
     seconds = time.perf_counter() - started
+    client_cpu, server_cpu = _own_cpu() - client_cpu, _cpu_of(backend) - server_cpu
     store.dispose()
     n = args.n
+    server = f", server {server_cpu / n * 1e6:.0f} us" if backend else ""
     print(
         f"{n} runs in {seconds:.2f} s: {n / seconds:,.0f} runs/s; per run: apply "
-        f"{apply_s / n * 1e6:.0f} us, exec {exec_s / n * 1e6:.0f} us (limit {args.limit})"
+        f"{apply_s / n * 1e6:.0f} us, exec {exec_s / n * 1e6:.0f} us (limit {args.limit}); "
+        f"CPU per run: client {client_cpu / n * 1e6:.0f} us{server}"
     )
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_of(pid: int | None) -> float:
+    """User + system CPU seconds of a local process (the PostgreSQL backend), 0 without one."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -27,11 +27,14 @@ from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    JSON,
     Connection,
     Integer,
     String,
+    Text,
     bindparam,
     case,
+    cast,
     func,
     insert,
     select,
@@ -218,6 +221,67 @@ def _update_by_id(table: Any, sig: tuple[tuple[str, bool], ...]) -> Any:
     return update(table).where(table.c.id == bindparam("b_id")).values(**_setters(table, sig))
 
 
+def _update_unnest(table: Any, sig: tuple[tuple[str, bool], ...]) -> Any:
+    """PostgreSQL: the updates of many rows with the same columns in one statement, each
+    column one array parameter (`b_id`, `b_{column}`), joined on the primary key: one
+    execution per cycle instead of one per row (each is a bind, an executor start and a
+    result on the server). JSON values travel as their text (`_json_texts`)."""
+    keys = [k for k, is_now in sig if not is_now]
+    arrays = [bindparam("b_id", type_=ARRAY(String))] + [
+        bindparam(f"b_{k}", type_=ARRAY(_item_type(table.c[k].type))) for k in keys
+    ]
+    rows = func.unnest(*arrays).table_valued("id", *keys).render_derived(name="v")
+    values = {
+        k: db_now_ms()
+        if is_now
+        else (cast(rows.c[k], table.c[k].type) if _is_json(table.c[k].type) else rows.c[k])
+        for k, is_now in sig
+    }
+    return update(table).where(table.c.id == rows.c.id).values(**values)
+
+
+def _is_json(type_: Any) -> bool:
+    return isinstance(type_, JSON)
+
+
+def _item_type(type_: Any) -> Any:
+    return Text() if _is_json(type_) else type_
+
+
+def _by_column(
+    table: Any, sig: tuple[tuple[str, bool], ...], params: list[dict[str, Any]]
+) -> dict[str, list[Any]] | None:
+    """The parameter sets of `_update_by_id` as the arrays of `_update_unnest`, or None when
+    one row comes twice (a join updates it once, with either set)."""
+    ids = [p["b_id"] for p in params]
+    if len(set(ids)) != len(ids):
+        return None
+    out: dict[str, list[Any]] = {"b_id": ids}
+    for k, is_now in sig:
+        if is_now:
+            continue
+        column = [p[f"b_{k}"] for p in params]
+        # As SQLAlchemy's JSON type writes a value (None included: JSON null).
+        out[f"b_{k}"] = [json.dumps(v) for v in column] if _is_json(table.c[k].type) else column
+    return out
+
+
+def _updates(
+    table: Any,
+    name: str,
+    sig: tuple[tuple[str, bool], ...],
+    params: list[dict[str, Any]],
+    cache: PreparedCache,
+    postgres: bool,
+) -> tuple[Prepared, list[Any]]:
+    arrays = _by_column(table, sig, params) if postgres and len(params) > 1 else None
+    if arrays is not None:
+        statement = cache.get((f"{name}_unnest", sig), partial(_update_unnest, table, sig))
+        return statement, statement.bind(arrays)
+    statement = cache.get((name, sig), partial(_update_by_id, table, sig))
+    return statement, statement.bind_many(params)
+
+
 def _insert_now(table: Any, sig: tuple[tuple[str, bool], ...]) -> Any:
     return insert(table).values(**{k: db_now_ms() for k, is_now in sig if is_now})
 
@@ -265,7 +329,7 @@ def _guard(
 
 
 def _plan_writes(
-    batches: list[RunWrites], cache: PreparedCache
+    batches: list[RunWrites], cache: PreparedCache, postgres: bool
 ) -> tuple[list[tuple[Prepared, list[Any]]], list[dict[str, Any]]]:
     """The batches' run updates, task inserts and task updates as prepared statements with
     bound parameters, in the order they run, and the batches' events. Needs no connection:
@@ -291,15 +355,13 @@ def _plan_writes(
         event_rows.extend(batch.events)
     steps: list[tuple[Prepared, list[Any]]] = []
     for sig, params in run_updates.items():
-        statement = cache.get(("run_update", sig), partial(_update_by_id, runs, sig))
-        steps.append((statement, statement.bind_many(params)))
+        steps.append(_updates(runs, "run_update", sig, params, cache, postgres))
     for sig, rows in task_inserts.items():
         columns = [k for k, is_now in sig if not is_now]
         statement = cache.get(("task_insert", sig), partial(_insert_now, tasks, sig), columns)
         steps.append((statement, statement.bind_many(rows)))
     for sig, params in task_updates.items():
-        statement = cache.get(("task_update", sig), partial(_update_by_id, tasks, sig))
-        steps.append((statement, statement.bind_many(params)))
+        steps.append(_updates(tasks, "task_update", sig, params, cache, postgres))
     return steps, event_rows
 
 
@@ -320,7 +382,7 @@ def _apply(
         b for b in batches
         if outcomes[b.run_id].applied and not outcomes[b.run_id].landed_earlier
     ]  # fmt: skip
-    steps, event_rows = _plan_writes(landing, cache)
+    steps, event_rows = _plan_writes(landing, cache, conn.dialect.name == "postgresql")
     # The guard above holds the runs' rows (PostgreSQL) or the database (SQLite) until commit,
     # so these need no token condition of their own.
     for statement, bound in steps:
@@ -376,7 +438,7 @@ class ExecutionVerbs(StoreBase):
         # the transaction, on the bet that the guard lets every batch through.
         planned = None
         if batches and not any(b.artifacts or b.release_to for b in batches):
-            steps, event_rows = _plan_writes(batches, self.prepared)
+            steps, event_rows = _plan_writes(batches, self.prepared, self.is_postgres)
             if event_rows:
                 steps.append(bind_events(event_rows, self.prepared, self.is_postgres))
             planned = steps
