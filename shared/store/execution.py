@@ -110,8 +110,13 @@ def _signature(values: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
     return tuple(sorted((k, v is NOW) for k, v in values.items()))
 
 
-def _guard_statement(postgres: bool) -> Any:
+def _guard_statement(postgres: bool, sig: tuple[tuple[str, bool], ...] = ()) -> Any:
     """One guard for every run of a cycle: bump the fence where (id, token, fence) still match.
+
+    With `sig` (PostgreSQL), the guard also writes the runs' own column changes — the same
+    columns for every run, one more array each (`b_{column}`, as `_update_unnest`): a finished
+    run's row gets one new version instead of two (the guard's, then the update's), and the
+    cycle one statement less to plan and execute.
 
     The keys arrive as one parameter (three arrays on PostgreSQL, a JSON array on SQLite), so
     the SQL is the same whatever the number of runs (prepared once, fast.py), in the shape
@@ -121,13 +126,15 @@ def _guard_statement(postgres: bool) -> Any:
     UPDATE … FROM from the runs table instead."""
     fence_bump = {"fence": runs.c.fence + 1}
     if postgres:
+        columns = [k for k, is_now in sig if not is_now]
         keys = (
             func.unnest(
                 bindparam("ids", type_=ARRAY(String)),
                 bindparam("tokens", type_=ARRAY(String)),
                 bindparam("fences", type_=ARRAY(Integer)),
+                *(bindparam(f"b_{k}", type_=ARRAY(_item_type(runs.c[k].type))) for k in columns),
             )
-            .table_valued("id", "token", "fence")
+            .table_valued("id", "token", "fence", *columns)
             .render_derived(name="k")
         )
         # Lock the rows in id order first, as the heartbeat does (claims.py): the join below
@@ -156,7 +163,7 @@ def _guard_statement(postgres: bool) -> Any:
                 # primary key per key.
                 func.coalesce(runs.c.status, "") == const("running"),
             )
-            .values(**fence_bump)
+            .values(**fence_bump, **_unnested_values(runs, sig, keys))
             .returning(runs.c.id, runs.c.cancel_requested_at)
         )
     each = func.json_each(bindparam("keys", type_=String)).table_valued("value")
@@ -177,16 +184,21 @@ def _guard_statement(postgres: bool) -> Any:
     )
 
 
-def _guard_params(batches: list[RunWrites], postgres: bool) -> dict[str, Any]:
+def _guard_params(
+    batches: list[RunWrites], postgres: bool, sig: tuple[tuple[str, bool], ...] = ()
+) -> dict[str, Any]:
     # In id order: the order the heartbeat locks runs in (claims.py), so that the two never
     # wait for each other's rows.
     batches = sorted(batches, key=lambda b: b.run_id)
     if postgres:
-        return {
+        params = {
             "ids": [b.run_id for b in batches],
             "tokens": [b.token for b in batches],
             "fences": [b.fence for b in batches],
         }
+        if sig:
+            params.update(_arrays(runs, sig, [b.run for b in batches]))
+        return params
     return {"keys": json.dumps([[b.run_id, b.token, b.fence] for b in batches])}
 
 
@@ -231,13 +243,18 @@ def _update_unnest(table: Any, sig: tuple[tuple[str, bool], ...]) -> Any:
         bindparam(f"b_{k}", type_=ARRAY(_item_type(table.c[k].type))) for k in keys
     ]
     rows = func.unnest(*arrays).table_valued("id", *keys).render_derived(name="v")
-    values = {
+    return update(table).where(table.c.id == rows.c.id).values(**_unnested_values(table, sig, rows))
+
+
+def _unnested_values(table: Any, sig: tuple[tuple[str, bool], ...], rows: Any) -> dict[str, Any]:
+    """SET clauses taking each column of `sig` from the unnested arrays `rows` (JSON from its
+    text) or, for NOW, from the database clock."""
+    return {
         k: db_now_ms()
         if is_now
         else (cast(rows.c[k], table.c[k].type) if _is_json(table.c[k].type) else rows.c[k])
         for k, is_now in sig
     }
-    return update(table).where(table.c.id == rows.c.id).values(**values)
 
 
 def _is_json(type_: Any) -> bool:
@@ -256,12 +273,23 @@ def _by_column(
     ids = [p["b_id"] for p in params]
     if len(set(ids)) != len(ids):
         return None
-    out: dict[str, list[Any]] = {"b_id": ids}
+    return {"b_id": ids, **_arrays(table, sig, [_unprefixed(p) for p in params])}
+
+
+def _unprefixed(params: dict[str, Any]) -> dict[str, Any]:
+    return {k[2:]: v for k, v in params.items()}
+
+
+def _arrays(
+    table: Any, sig: tuple[tuple[str, bool], ...], rows: list[dict[str, Any]]
+) -> dict[str, list[Any]]:
+    """Per column of `sig` (NOW aside), the rows' values as one array parameter `b_{column}`;
+    JSON as its text, as SQLAlchemy's JSON type writes a value (None included: JSON null)."""
+    out: dict[str, list[Any]] = {}
     for k, is_now in sig:
         if is_now:
             continue
-        column = [p[f"b_{k}"] for p in params]
-        # As SQLAlchemy's JSON type writes a value (None included: JSON null).
+        column = [row[k] for row in rows]
         out[f"b_{k}"] = [json.dumps(v) for v in column] if _is_json(table.c[k].type) else column
     return out
 
@@ -291,13 +319,19 @@ def _params(row_id: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _guard(
-    conn: Connection, batches: list[RunWrites], attempt: int, prepared: PreparedCache
+    conn: Connection,
+    batches: list[RunWrites],
+    attempt: int,
+    prepared: PreparedCache,
+    sig: tuple[tuple[str, bool], ...] = (),
 ) -> dict[str, WriteOutcome]:
+    """Fence the batches (see the module docstring); with `sig`, also write their runs' column
+    changes (`_guard_statement`)."""
     postgres = conn.dialect.name == "postgresql"
-    guard = prepared.get(("guard", postgres), partial(_guard_statement, postgres))
+    guard = prepared.get(("guard", postgres, sig), partial(_guard_statement, postgres, sig))
     outcomes = {
         row.id: WriteOutcome(row.id, True, row.cancel_requested_at is not None)
-        for row in guard.rows(conn, _guard_params(batches, postgres))
+        for row in guard.rows(conn, _guard_params(batches, postgres, sig))
     }
     missing = [b for b in batches if b.run_id not in outcomes]
     if missing and attempt > 1:
@@ -329,7 +363,7 @@ def _guard(
 
 
 def _plan_writes(
-    batches: list[RunWrites], cache: PreparedCache, postgres: bool
+    batches: list[RunWrites], cache: PreparedCache, postgres: bool, runs_written: bool = False
 ) -> tuple[list[tuple[Prepared, list[Any]]], list[dict[str, Any]]]:
     """The batches' run updates, task inserts and task updates as prepared statements with
     bound parameters, in the order they run, and the batches' events. Needs no connection:
@@ -340,7 +374,7 @@ def _plan_writes(
     task_updates: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     event_rows: list[dict[str, Any]] = []
     for batch in batches:
-        if batch.run:
+        if batch.run and not runs_written:  # unless the guard wrote them
             run_updates[_signature(batch.run)].append(_params(batch.run_id, batch.run))
         for row in batch.task_inserts:
             task_inserts[_signature(row)].append({k: v for k, v in row.items() if v is not NOW})
@@ -372,17 +406,21 @@ def _apply(
     cache: PreparedCache,
     events_out: list[dict[str, Any]] | None = None,
     outcomes: dict[str, WriteOutcome] | None = None,
+    runs_written: bool = False,
 ) -> list[WriteOutcome]:
     """Apply the batches; returns their outcomes. With `events_out`, the batches' events are
     appended there instead of inserted (the caller writes them with its own, in one
-    statement, later in the same transaction). `outcomes`: the guard's, if it ran already."""
+    statement, later in the same transaction). `outcomes`: the guard's, if it ran already;
+    `runs_written`: that guard also wrote the runs' column changes."""
     if outcomes is None:
         outcomes = _guard(conn, batches, attempt, cache)
     landing = [
         b for b in batches
         if outcomes[b.run_id].applied and not outcomes[b.run_id].landed_earlier
     ]  # fmt: skip
-    steps, event_rows = _plan_writes(landing, cache, conn.dialect.name == "postgresql")
+    steps, event_rows = _plan_writes(
+        landing, cache, conn.dialect.name == "postgresql", runs_written
+    )
     # The guard above holds the runs' rows (PostgreSQL) or the database (SQLite) until commit,
     # so these need no token condition of their own.
     for statement, bound in steps:
@@ -437,8 +475,14 @@ class ExecutionVerbs(StoreBase):
         # The common cycle (no artifacts, no approval releases): its writes are bound before
         # the transaction, on the bet that the guard lets every batch through.
         planned = None
+        # PostgreSQL, when every run of the cycle changes the same columns (a drain: they
+        # all finish): the guard writes them (see _guard_statement).
+        sigs = {_signature(b.run) for b in batches}
+        guard_sig = sigs.pop() if self.is_postgres and len(sigs) == 1 else ()
         if batches and not any(b.artifacts or b.release_to for b in batches):
-            steps, event_rows = _plan_writes(batches, self.prepared, self.is_postgres)
+            steps, event_rows = _plan_writes(
+                batches, self.prepared, self.is_postgres, runs_written=bool(guard_sig)
+            )
             if event_rows:
                 steps.append(bind_events(event_rows, self.prepared, self.is_postgres))
             planned = steps
@@ -446,9 +490,11 @@ class ExecutionVerbs(StoreBase):
         def apply(conn: Connection, attempt: int, pending: list[dict[str, Any]]) -> Any:
             if planned is None:
                 return _apply(conn, batches, attempt, self.prepared, pending)
-            guarded = _guard(conn, batches, attempt, self.prepared)
+            guarded = _guard(conn, batches, attempt, self.prepared, guard_sig)
             if not all(o.applied and not o.landed_earlier for o in guarded.values()):
-                return _apply(conn, batches, attempt, self.prepared, pending, guarded)
+                return _apply(
+                    conn, batches, attempt, self.prepared, pending, guarded, bool(guard_sig)
+                )
             for statement, bound in planned:
                 statement.execute_bound(conn, bound)
             return [guarded[b.run_id] for b in batches]

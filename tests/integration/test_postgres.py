@@ -347,46 +347,59 @@ def test_array_parameters_go_as_one_literal_and_read_back_unchanged(store):
         assert got == values, (item_type, got)
 
 
-def test_a_cycle_of_updates_in_one_statement_writes_what_one_per_run_would(store):
+def test_the_three_ways_of_writing_a_cycles_run_changes_write_the_same(store):
+    """A cycle's run changes go out as the guard's own SET (every run changes the same
+    columns), one UNNEST update per column set, or one update per run (a column set of one
+    run): the rows must come out the same."""
     from sqlalchemy import text
 
     from shared.store import NOW, ClaimRequest, RunWrites
 
-    store.create_runs("essay", [{"topic": str(i)} for i in range(6)])
-    claim = ClaimRequest("rnr_a", ("default",), ("essay",), 6, suspects=0)
+    store.create_runs("essay", [{"topic": str(i)} for i in range(13)])
+    claim = ClaimRequest("rnr_a", ("default",), ("essay",), 13, suspects=0)
     _, held = store.apply_run_writes([], claim)
-    assert len(held) == 6
+    assert len(held) == 13
     # psycopg hands the snapshots over as text and each distinct one is parsed once (fast.py).
     assert all(c.definition is held[0].definition for c in held)
     outputs = [{"text": 'say "hi"\\n', "n": [1, 2.5, None]}, None, "just text"]
 
-    def batch(c, output, i):
+    def batch(c, i):
         return RunWrites(
             c.id, c.token, 0,
-            run={"status": "succeeded", "output": output, "final_score": 0.1 * (i + 1),
+            run={"status": "succeeded", "output": outputs[i], "final_score": 0.1 * (i + 1),
                  "current_attempt": i, "error_message": f"e{i} \\ \"q\"", "completed_at": NOW},
         )  # fmt: skip
 
-    together, alone = held[:3], held[3:]
-    batches = [batch(c, o, i) for i, (c, o) in enumerate(zip(together, outputs, strict=True))]
-    outcomes, _ = store.apply_run_writes(batches)
-    assert all(o.applied for o in outcomes)
-    assert any(k[0] == "run_update_unnest" for k in store.prepared._items if isinstance(k, tuple))
-    for i, (c, o) in enumerate(zip(alone, outputs, strict=True)):
-        assert store.apply_run_writes([batch(c, o, i)])[0][0].applied
+    def other(c):  # a batch changing other columns: the cycle's runs no longer share a set
+        return RunWrites(c.id, c.token, 0, run={"current_stage": "x"})
+
+    def apply(batches):
+        outcomes, _ = store.apply_run_writes(batches)
+        assert all(o.applied for o in outcomes)
+
+    merged, unnested, one_by_one, others = held[0:3], held[3:6], held[6:9], held[9:]
+    apply([batch(c, i) for i, c in enumerate(merged)])
+    apply([*(batch(c, i) for i, c in enumerate(unnested)), other(others[0])])
+    for i, c in enumerate(one_by_one):
+        apply([batch(c, i), other(others[i + 1])])
+    kinds = {k[0] for k in store.prepared._items if isinstance(k, tuple)}
+    assert {"run_update_unnest", "run_update"} <= kinds
+    assert any(k[0] == "guard" and k[2] for k in store.prepared._items if isinstance(k, tuple))
 
     def stored(run_id):
         return store.read(
             lambda conn: conn.execute(
                 text(
                     "SELECT status, output::text, final_score, current_attempt, error_message,"
-                    " completed_at IS NOT NULL, fence FROM runs WHERE id = :id"
+                    " completed_at IS NOT NULL, fence, current_stage FROM runs WHERE id = :id"
                 ),
                 {"id": run_id},
             ).one()
         )
 
-    for a, b in zip(together, alone, strict=True):
-        assert stored(a.id) == stored(b.id)
-    assert stored(together[1].id)[1] == "null"  # None is JSON null, as SQLAlchemy writes it
-    assert store.get_run(together[0].id)["output"] == outputs[0]
+    for a, b, c in zip(merged, unnested, one_by_one, strict=True):
+        assert stored(a.id) == stored(b.id) == stored(c.id)
+    assert stored(merged[1].id)[1] == "null"  # None is JSON null, as SQLAlchemy writes it
+    assert stored(merged[0].id)[6] == 1  # the fence moved once
+    assert store.get_run(merged[0].id)["output"] == outputs[0]
+    assert stored(others[0].id)[7] == "x"
