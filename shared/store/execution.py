@@ -18,6 +18,7 @@ attempt landed: the batch is reported applied and not written twice.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -110,13 +111,19 @@ def _signature(values: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
     return tuple(sorted((k, v is NOW) for k, v in values.items()))
 
 
-def _guard_statement(postgres: bool, sig: tuple[tuple[str, bool], ...] = ()) -> Any:
+def _guard_statement(
+    postgres: bool, sig: tuple[tuple[str, bool], ...] = (), varying: frozenset[str] = frozenset()
+) -> Any:
     """One guard for every run of a cycle: bump the fence where (id, token, fence) still match.
 
-    With `sig` (PostgreSQL), the guard also writes the runs' own column changes — the same
-    columns for every run, one more array each (`b_{column}`, as `_update_unnest`): a finished
-    run's row gets one new version instead of two (the guard's, then the update's), and the
-    cycle one statement less to plan and execute.
+    With `sig`, the guard also writes the runs' own column changes — the same columns for every
+    run: a finished run's row gets one new version instead of two (the guard's, then the
+    update's), and the cycle one statement less (on SQLite one per run less). PostgreSQL takes
+    the values as one more array per column (`b_{column}`, as `_update_unnest`). SQLite takes
+    a column whose value is the same for every run as one parameter (`b_{column}`), and the
+    `varying` ones from one JSON object by run id (`vals`, `{id: {column: value}}`, a JSON
+    column's value as its text), which `json_extract` reads per row and column — in a drain
+    every run finishes the same way and nothing varies.
 
     The keys arrive as one parameter (three arrays on PostgreSQL, a JSON array on SQLite), so
     the SQL is the same whatever the number of runs (prepared once, fast.py), in the shape
@@ -179,13 +186,46 @@ def _guard_statement(postgres: bool, sig: tuple[tuple[str, bool], ...] = ()) -> 
             tuple_(runs.c.id, runs.c.claim_token, runs.c.fence).in_(key_rows),
             runs.c.status == const("running"),
         )
-        .values(**fence_bump)
+        .values(**fence_bump, **_json_values(sig, varying))
         .returning(runs.c.id, runs.c.cancel_requested_at)
     )
 
 
+def _json_safe(values: dict[str, Any]) -> bool:
+    return all(type(v) is not float or math.isfinite(v) for v in values.values())
+
+
+def _json_values(sig: tuple[tuple[str, bool], ...], varying: frozenset[str]) -> dict[str, Any]:
+    """SQLite: SET clauses for the columns of `sig` (see _guard_statement): the database clock
+    for NOW, the `vals` document for a varying column, else a parameter of its own."""
+    vals = bindparam("vals", type_=String)
+    return {
+        k: db_now_ms()
+        if is_now
+        else func.json_extract(vals, const('$."') + runs.c.id + const(f'".{k}'))
+        if k in varying
+        else bindparam(f"b_{k}", type_=runs.c[k].type)
+        for k, is_now in sig
+    }
+
+
+def _varying(batches: list[RunWrites], sig: tuple[tuple[str, bool], ...]) -> frozenset[str]:
+    """The columns of `sig` whose values differ between the batches (1 and 1.0 and True are
+    different values here: each is stored as its own type)."""
+    first = batches[0].run
+    return frozenset(
+        k
+        for k, is_now in sig
+        if not is_now
+        and any(type(b.run[k]) is not type(first[k]) or b.run[k] != first[k] for b in batches)
+    )
+
+
 def _guard_params(
-    batches: list[RunWrites], postgres: bool, sig: tuple[tuple[str, bool], ...] = ()
+    batches: list[RunWrites],
+    postgres: bool,
+    sig: tuple[tuple[str, bool], ...] = (),
+    varying: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     # In id order: the order the heartbeat locks runs in (claims.py), so that the two never
     # wait for each other's rows.
@@ -199,7 +239,22 @@ def _guard_params(
         if sig:
             params.update(_arrays(runs, sig, [b.run for b in batches]))
         return params
-    return {"keys": json.dumps([[b.run_id, b.token, b.fence] for b in batches])}
+    keys: dict[str, Any] = {"keys": json.dumps([[b.run_id, b.token, b.fence] for b in batches])}
+    if sig:
+        keys.update(
+            (f"b_{k}", batches[0].run[k]) for k, is_now in sig if not is_now and k not in varying
+        )
+    if varying:
+        keys["vals"] = json.dumps(
+            {
+                b.run_id: {
+                    k: json.dumps(b.run[k]) if _is_json(runs.c[k].type) else b.run[k]
+                    for k in varying
+                }
+                for b in batches
+            }
+        )
+    return keys
 
 
 _AFTER_AMBIGUOUS = select(
@@ -328,10 +383,13 @@ def _guard(
     """Fence the batches (see the module docstring); with `sig`, also write their runs' column
     changes (`_guard_statement`)."""
     postgres = conn.dialect.name == "postgresql"
-    guard = prepared.get(("guard", postgres, sig), partial(_guard_statement, postgres, sig))
+    varying = _varying(batches, sig) if sig and not postgres else frozenset()
+    guard = prepared.get(
+        ("guard", postgres, sig, varying), partial(_guard_statement, postgres, sig, varying)
+    )
     outcomes = {
         row.id: WriteOutcome(row.id, True, row.cancel_requested_at is not None)
-        for row in guard.rows(conn, _guard_params(batches, postgres, sig))
+        for row in guard.rows(conn, _guard_params(batches, postgres, sig, varying))
     }
     missing = [b for b in batches if b.run_id not in outcomes]
     if missing and attempt > 1:
@@ -475,10 +533,13 @@ class ExecutionVerbs(StoreBase):
         # The common cycle (no artifacts, no approval releases): its writes are bound before
         # the transaction, on the bet that the guard lets every batch through.
         planned = None
-        # PostgreSQL, when every run of the cycle changes the same columns (a drain: they
-        # all finish): the guard writes them (see _guard_statement).
-        sigs = {_signature(b.run) for b in batches}
-        guard_sig = sigs.pop() if self.is_postgres and len(sigs) == 1 else ()
+        # When every run of the cycle changes the same columns (a drain: they all finish),
+        # the guard writes them (see _guard_statement) — not through libSQL's remote driver,
+        # which takes SQLAlchemy's own execution (fast.py) and has not been measured.
+        sigs = {_signature(b.run) for b in batches} if not self.is_libsql else set()
+        guard_sig = sigs.pop() if len(sigs) == 1 else ()
+        if guard_sig and self.is_sqlite and not all(_json_safe(b.run) for b in batches):
+            guard_sig = ()  # NaN has no JSON form: the run updates then go as they are
         if batches and not any(b.artifacts or b.release_to for b in batches):
             steps, event_rows = _plan_writes(
                 batches, self.prepared, self.is_postgres, runs_written=bool(guard_sig)

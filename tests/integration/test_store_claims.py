@@ -279,3 +279,71 @@ def test_a_claim_says_whether_more_runs_are_likely_waiting(store):
     assert len(got) == 1 and not req.filled  # the queue ran dry
     req, got = take(1, 1)
     assert got == [] and not req.filled
+
+
+def test_the_three_ways_of_writing_a_cycles_run_changes_write_the_same(store):
+    """A cycle's run changes go out as the guard's own SET (every run changes the same
+    columns), one statement per column set (PostgreSQL: UNNEST; SQLite: executemany), or one
+    update per run (a column set of one run): the rows must come out the same."""
+    from sqlalchemy import text
+
+    from shared.store import ClaimRequest
+
+    store.create_runs("essay", [{"topic": str(i)} for i in range(16)])
+    claim = ClaimRequest("rnr_a", ("default",), ("essay",), 16, suspects=0)
+    _, held = store.apply_run_writes([], claim)
+    assert len(held) == 16
+    # Each distinct snapshot text is parsed once (fast.py; psycopg hands it over as text).
+    if not store.is_libsql:
+        assert all(c.definition is held[0].definition for c in held)
+    outputs = [{"text": 'say "hi"\\n', "n": [1, 2.5, None]}, None, "just text"]
+
+    def batch(c, i):
+        return RunWrites(
+            c.id, c.token, 0,
+            run={"status": "succeeded", "output": outputs[i], "final_score": 0.1 * (i + 1),
+                 "current_attempt": i, "error_message": f"e{i} \\ \"q\"", "completed_at": NOW},
+        )  # fmt: skip
+
+    def other(c):  # a batch changing other columns: the cycle's runs no longer share a set
+        return RunWrites(c.id, c.token, 0, run={"current_stage": "x"})
+
+    def apply(batches):
+        outcomes, _ = store.apply_run_writes(batches)
+        assert all(o.applied for o in outcomes)
+
+    merged, unnested, one_by_one, others = held[0:3], held[3:6], held[6:9], held[9:13]
+    alike = held[13:16]  # every run finishes the same way (a drain): nothing varies
+    apply([batch(c, i) for i, c in enumerate(merged)])
+    apply([batch(c, 0) for c in alike])
+    apply([*(batch(c, i) for i, c in enumerate(unnested)), other(others[0])])
+    for i, c in enumerate(one_by_one):
+        apply([batch(c, i), other(others[i + 1])])
+    keys = [k for k in store.prepared._items if isinstance(k, tuple)]
+    kinds = {k[0] for k in keys}
+    assert "run_update" in kinds
+    if store.is_postgres:
+        assert "run_update_unnest" in kinds
+    if not store.is_libsql:
+        assert any(k[0] == "guard" and k[2] for k in keys)
+    if store.is_sqlite and not store.is_libsql:
+        assert any(k[0] == "guard" and k[2] and not k[3] for k in keys)
+
+    def stored(run_id):
+        return store.read(
+            lambda conn: conn.execute(
+                text(
+                    "SELECT status, CAST(output AS TEXT), final_score, current_attempt, error_message,"
+                    " completed_at IS NOT NULL, fence, current_stage FROM runs WHERE id = :id"
+                ),
+                {"id": run_id},
+            ).one()
+        )
+
+    for a, b, c in zip(merged, unnested, one_by_one, strict=True):
+        assert stored(a.id) == stored(b.id) == stored(c.id)
+    assert all(stored(c.id) == stored(merged[0].id) for c in alike)
+    assert stored(merged[1].id)[1] == "null"  # None is JSON null, as SQLAlchemy writes it
+    assert stored(merged[0].id)[6] == 1  # the fence moved once
+    assert store.get_run(merged[0].id)["output"] == outputs[0]
+    assert stored(others[0].id)[7] == "x"
