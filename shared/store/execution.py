@@ -12,7 +12,9 @@ batch's other writes are dropped and the runner is told. Because that UPDATE com
 takes the run's row lock (PostgreSQL) for the rest of the transaction, so a concurrent reset or
 rescue — which updates the runs row first as well — waits for this batch and then sees it.
 On a retry after an ambiguous commit, `fence == :fence + 1` with our token means the first
-attempt landed: the batch is reported applied and not written twice.
+attempt landed: the batch is reported applied and not written twice. When every batch of a
+cycle changes the same run columns (a drain: they all finish), that guarded UPDATE writes them
+too (`_guard_statement`), so a run's row is written once per cycle.
 """
 
 from __future__ import annotations
