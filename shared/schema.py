@@ -107,7 +107,9 @@ runs = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("started_at", BigInteger),
     Column("completed_at", BigInteger),
-    Column("metrics", Json, nullable=False),
+    # `{}` for nearly every run that is claimed: decoded once per distinct text on the claim
+    # path, like config_snapshot (the runner copies it before adding to it).
+    Column("metrics", Json, nullable=False, info={"decode_once": True}),
     CheckConstraint(_in("status", RUN_STATUSES), name="status"),
     CheckConstraint(_in("origin", ORIGINS), name="origin"),
     CheckConstraint(_in("kind", ("loop", "steps")), name="kind"),
@@ -157,7 +159,9 @@ tasks = Table(
     Column("run_id", String(40), ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
     Column("step", String(200), nullable=False),
     Column("position", Integer, nullable=False, server_default="0"),
-    Column("needs", Json, nullable=False),
+    # The same text for every run of one workflow version: decoded once per distinct text on
+    # the claim path (see runs.config_snapshot); nobody changes a claimed task's needs.
+    Column("needs", Json, nullable=False, info={"decode_once": True}),
     Column("status", String(16), nullable=False),
     # Graph steps: how many times the step has been started (retries included).
     # Loop stages: the loop attempt this row belongs to (one row per stage and attempt).
