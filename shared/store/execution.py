@@ -299,7 +299,7 @@ def _update_unnest(table: Any, sig: tuple[tuple[str, bool], ...]) -> Any:
     """PostgreSQL: the updates of many rows with the same columns in one statement, each
     column one array parameter (`b_id`, `b_{column}`), joined on the primary key: one
     execution per cycle instead of one per row (each is a bind, an executor start and a
-    result on the server). JSON values travel as their text (`_json_texts`)."""
+    result on the server). JSON values travel as their text (`_arrays`)."""
     keys = [k for k, is_now in sig if not is_now]
     arrays = [bindparam("b_id", type_=ARRAY(String))] + [
         bindparam(f"b_{k}", type_=ARRAY(_item_type(table.c[k].type))) for k in keys
