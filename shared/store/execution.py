@@ -253,13 +253,7 @@ def _guard_params(
         )
     if varying:
         keys["vals"] = json.dumps(
-            {
-                b.run_id: {
-                    k: json.dumps(b.run[k]) if _is_json(runs.c[k].type) else b.run[k]
-                    for k in varying
-                }
-                for b in batches
-            }
+            {b.run_id: {k: _as_sent(runs, k, b.run[k]) for k in varying} for b in batches}
         )
     return keys
 
@@ -345,15 +339,20 @@ def _unprefixed(params: dict[str, Any]) -> dict[str, Any]:
 def _arrays(
     table: Any, sig: tuple[tuple[str, bool], ...], rows: list[dict[str, Any]]
 ) -> dict[str, list[Any]]:
-    """Per column of `sig` (NOW aside), the rows' values as one array parameter `b_{column}`;
-    JSON as its text, as SQLAlchemy's JSON type writes a value (None included: JSON null)."""
+    """Per column of `sig` (NOW aside), the rows' values as one array parameter `b_{column}`
+    (`_as_sent`)."""
     out: dict[str, list[Any]] = {}
     for k, is_now in sig:
         if is_now:
             continue
-        column = [row[k] for row in rows]
-        out[f"b_{k}"] = [json.dumps(v) for v in column] if _is_json(table.c[k].type) else column
+        out[f"b_{k}"] = [_as_sent(table, k, row[k]) for row in rows]
     return out
+
+
+def _as_sent(table: Any, column: str, value: Any) -> Any:
+    """A value as the array and JSON-document parameters carry it: a JSON column's as its
+    text, as SQLAlchemy's JSON type writes it (None included: JSON null)."""
+    return json.dumps(value) if _is_json(table.c[column].type) else value
 
 
 def _updates(

@@ -262,8 +262,8 @@ def _plain_array(type_: Any, dialect: Dialect) -> bool:
 
 
 def _array_literal(values: Any) -> Any:
-    """A list of strings, integers, finite floats and NULLs as PostgreSQL's array literal (`{"a","b",NULL}`),
-    which the statement's cast (`::VARCHAR[]`) parses on the server. psycopg dumps a list
+    """A list of strings, integers, finite floats and NULLs as PostgreSQL's array literal
+    (`{"a","b",NULL}`), which the statement's cast (`::VARCHAR[]`) parses on the server. psycopg dumps a list
     item by item in Python, escaping each with a regular expression: for the arrays of a
     cycle's events (seven, one item per event) that was a tenth of the dispatcher's time.
     Anything else (infinities, booleans, nested lists) is left to psycopg."""
