@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -102,7 +103,8 @@ runs = Table(
     Column("cancel_requested_at", BigInteger),
     Column("cancel_reason", Text),
     Column("requested_by", String(200)),
-    Column("idempotency_key", String(255), unique=True),
+    # Unique: see ix_runs_idempotency_key below.
+    Column("idempotency_key", String(255)),
     Column("rerun_count", Integer, nullable=False, server_default="0"),
     Column("created_at", BigInteger, nullable=False),
     Column("started_at", BigInteger),
@@ -140,17 +142,39 @@ Index(
     sqlite_where=text("status = 'running'"),
     postgresql_where=text("status = 'running'"),
 )
+# Lookups by a claim's token (its runs, heartbeats) are of running runs and say so. A finished
+# run keeps its token: on PostgreSQL only running runs are indexed, so a run's completion adds
+# no entry; SQLite touches this index only when the token changes (migration 0007).
 Index(
     "ix_runs_claim_token",
     runs.c.claim_token,
     sqlite_where=text("claim_token IS NOT NULL"),
-    postgresql_where=text("claim_token IS NOT NULL"),
+    postgresql_where=text("status = 'running'"),
 )
 Index("ix_runs_status_id", runs.c.status, runs.c.id)
 Index("ix_runs_workflow_id", runs.c.workflow, runs.c.id)
 Index("ix_runs_queue_id", runs.c.queue, runs.c.id)
-Index("ix_runs_parent_run_id_id", runs.c.parent_run_id, runs.c.id)
+# Partial, like the idempotency key's: almost no run has a parent (migration 0007).
+Index(
+    "ix_runs_parent_run_id_id",
+    runs.c.parent_run_id,
+    runs.c.id,
+    sqlite_where=text("parent_run_id IS NOT NULL"),
+    postgresql_where=text("parent_run_id IS NOT NULL"),
+)
 Index("ix_runs_created_at", runs.c.created_at)
+# Unique among the runs that have one. PostgreSQL: a partial index, since every new version
+# of a run's row added a NULL to a full one; SQLite: the table's UNIQUE constraint, which an
+# update that leaves the key alone never touches there (migration 0007).
+Index(
+    "ix_runs_idempotency_key",
+    runs.c.idempotency_key,
+    unique=True,
+    postgresql_where=text("idempotency_key IS NOT NULL"),
+).ddl_if(dialect="postgresql")
+runs.append_constraint(
+    UniqueConstraint("idempotency_key", name="uq_runs_idempotency_key").ddl_if(dialect="sqlite")
+)
 
 tasks = Table(
     "tasks",

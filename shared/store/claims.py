@@ -92,6 +92,9 @@ class HeartbeatResult:
     db_now_ms: int
 
 
+# A claim's token is looked up among running runs only: on PostgreSQL the token index holds
+# just those (schema.py), so every lookup by token names the status too.
+_RUNNING = runs.c.status == const("running")
 _TASKS_OF_RUNS = (
     select(tasks)
     .where(tasks.c.run_id.in_(bindparam("ids", expanding=True)))
@@ -99,7 +102,7 @@ _TASKS_OF_RUNS = (
 )
 # The same for the runs of one claim, which share its token: a statement whose SQL does not
 # change with the number of runs (prepared once, see fast.py).
-_CLAIM_RUN_IDS = select(runs.c.id).where(runs.c.claim_token == bindparam("token"))
+_CLAIM_RUN_IDS = select(runs.c.id).where(runs.c.claim_token == bindparam("token"), _RUNNING)
 _TASKS_OF_CLAIM = (
     select(tasks)
     .where(tasks.c.run_id.in_(_CLAIM_RUN_IDS))
@@ -116,7 +119,7 @@ _TASKS_OF_CLAIM_PG = (
         == any_(
             cast(
                 select(func.array_agg(runs.c.id))
-                .where(runs.c.claim_token == bindparam("token"))
+                .where(runs.c.claim_token == bindparam("token"), _RUNNING)
                 .scalar_subquery(),
                 ARRAY(String),
             )
@@ -188,7 +191,7 @@ def claimed_events_statement(postgres: bool) -> Any:
             ),
             db_now_ms(),
         )
-        .where(runs.c.claim_token == bindparam("token"))
+        .where(runs.c.claim_token == bindparam("token"), _RUNNING)
         .order_by(runs.c.id)
     )
     return insert(events).from_select(["run_id", "type", "message", "data", "created_at"], source)
@@ -319,7 +322,7 @@ def claim_statement(
 def earlier_claim(conn: Connection, token: str) -> list[ClaimedRun]:
     """Runs an earlier attempt of this claim took, if its commit landed before an error."""
     rows = conn.execute(
-        select(*_CLAIM_RETURNING).where(runs.c.claim_token == token, runs.c.status == "running")
+        select(*_CLAIM_RETURNING).where(runs.c.claim_token == token, _RUNNING)
     ).all()
     return _load_claimed(conn, rows)
 

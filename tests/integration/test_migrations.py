@@ -98,3 +98,50 @@ def test_sqlite_checks_are_rewritten_in_place_keeping_the_rows_and_back_again(tm
         assert len(store.list_runs()["runs"]) == 3
     finally:
         store.dispose()
+
+
+def _migrate(store: Store, revision: str, *, down: bool = False) -> None:
+    with store.engine.connect() as conn:
+        if store.engine.dialect.name == "sqlite":
+            conn = conn.execution_options(loopdeck_write=True)
+        with conn.begin():
+            (command.downgrade if down else command.upgrade)(_config(conn), revision)
+        conn.invalidate()
+
+
+def _give_key(store: Store, run_id: str, key: str) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE runs SET idempotency_key = :k WHERE id = :id"),
+                     {"k": key, "id": run_id})  # fmt: skip
+
+
+def test_the_sparse_run_indexes_keep_keys_unique_and_children_found_across_the_upgrade(store):
+    store.publish_workflows(load_text(WORKFLOW, "t.yaml"), "tests")
+    _migrate(store, "0006_sqlite_check_or_chains", down=True)
+    keyed, _ = store.create_run("one", {}, idempotency_key="k1")
+    plain = [store.create_run("one", {})[0]["id"] for _ in range(3)]
+    store.request_cancel(plain[0])
+    child = store.retry_run(plain[0])
+
+    _migrate(store, "head")
+    again, created = store.create_run("one", {}, idempotency_key="k1")
+    assert again["id"] == keyed["id"] and not created
+    with pytest.raises(IntegrityError):
+        _give_key(store, plain[1], "k1")
+    assert [c["id"] for c in store.get_run(plain[0])["lineage"]["children"]] == [child["id"]]
+    if store.engine.dialect.name == "postgresql":
+        with store.engine.connect() as conn:
+            defs = dict(conn.execute(text(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'runs'"
+                " AND indexname IN ('ix_runs_idempotency_key', 'ix_runs_parent_run_id_id',"
+                " 'ix_runs_claim_token')"
+            )).all())  # fmt: skip
+        assert defs["ix_runs_idempotency_key"].endswith("WHERE (idempotency_key IS NOT NULL)")
+        assert defs["ix_runs_parent_run_id_id"].endswith("WHERE (parent_run_id IS NOT NULL)")
+        assert defs["ix_runs_claim_token"].endswith("WHERE ((status)::text = 'running'::text)")
+
+    _migrate(store, "0006_sqlite_check_or_chains", down=True)
+    with pytest.raises(IntegrityError):
+        _give_key(store, plain[1], "k1")
+    assert [c["id"] for c in store.get_run(plain[0])["lineage"]["children"]] == [child["id"]]
+    _migrate(store, "head")
