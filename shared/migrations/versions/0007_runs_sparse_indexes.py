@@ -10,7 +10,8 @@ top function of a drain's server profile). The lookups all name a value (`idempo
 ?`, `parent_run_id = ?`, the foreign key's `ON DELETE SET NULL`) or, for a token, a running
 run (claims.py says so in every such query): the key and parent indexes now hold only runs
 that have one, the token index only running runs. Server CPU per drained run fell by about a
-fifth (bench/RESULTS.md, ninth run).
+tenth: 632 → 572 µs (`python -m bench.cycle --n 6000` on PostgreSQL, medians of five runs
+alternating with the code before; bench/RESULTS.md, ninth run).
 
 SQLite updates an index only when a statement changes one of its columns (or, for a partial
 index, a column of its condition), so there only a run's insert saved anything. The parent
