@@ -205,6 +205,8 @@ tasks = Table(
     Column("approval_comment", Text),
     Column("decided_at", BigInteger),
     CheckConstraint(_in("status", TASK_STATUSES), name="status"),
+    # Room for a task's next row version on its own page: a HOT update (migration 0007).
+    postgresql_with={"fillfactor": 80},
 )
 Index("ix_tasks_run_id_position", tasks.c.run_id, tasks.c.position)
 

@@ -139,6 +139,9 @@ def test_the_sparse_run_indexes_keep_keys_unique_and_children_found_across_the_u
         assert defs["ix_runs_idempotency_key"].endswith("WHERE (idempotency_key IS NOT NULL)")
         assert defs["ix_runs_parent_run_id_id"].endswith("WHERE (parent_run_id IS NOT NULL)")
         assert defs["ix_runs_claim_token"].endswith("WHERE ((status)::text = 'running'::text)")
+        with store.engine.connect() as conn:
+            options = conn.execute(text("SELECT reloptions FROM pg_class WHERE relname = 'tasks'"))
+            assert options.scalar() == ["fillfactor=80"]
 
     _migrate(store, "0006_sqlite_check_or_chains", down=True)
     with pytest.raises(IntegrityError):
