@@ -59,6 +59,17 @@ class RunnerMetrics:
         self.slots.set(concurrency)
         info = Gauge("loopdeck_runner_info", "this runner", ["runner_id"], registry=r)
         info.labels(runner_id).set(1)
+        # Each metric's child per label values, found with one dict lookup: `labels()` checks
+        # and converts its arguments and takes a lock every time, and the runner records
+        # four labelled values per run (~19 µs a run, 4 % of a drained run's CPU).
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:  # a race makes the same child twice: labels() returns one object
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def serve(self, port: int, host: str) -> Any:
         """Serve /metrics in a daemon thread; returns the server (shut down by the caller)."""
@@ -74,19 +85,20 @@ class RunnerMetrics:
         return server
 
     def on_claim(self, seconds: float, claimed: Iterable[Any]) -> None:
-        got = False
+        by_workflow: dict[str, int] = {}
         for c in claimed:
-            got = True
-            self.claimed.labels(c.workflow).inc()
+            by_workflow[c.workflow] = by_workflow.get(c.workflow, 0) + 1
             if c.claim_count == 1 and c.queued_ms is not None:
-                self.queue_wait.labels(c.workflow).observe(max(0, c.queued_ms) / 1000)
-        self.claim_seconds.labels("claimed" if got else "empty").observe(seconds)
+                self._child(self.queue_wait, c.workflow).observe(max(0, c.queued_ms) / 1000)
+        for workflow, n in by_workflow.items():
+            self._child(self.claimed, workflow).inc(n)
+        self._child(self.claim_seconds, "claimed" if by_workflow else "empty").observe(seconds)
 
     def on_finished(self, workflow: str, status: str) -> None:
-        self.finished.labels(workflow, status).inc()
+        self._child(self.finished, workflow, status).inc()
 
     def on_stage(self, workflow: str, step: str, status: str, seconds: float) -> None:
-        self.stage_seconds.labels(workflow, step, status).observe(seconds)
+        self._child(self.stage_seconds, workflow, step, status).observe(seconds)
 
     def on_rescued(self, rescued: Iterable[dict[str, Any]]) -> None:
         for r in rescued:
