@@ -210,6 +210,10 @@ def test_reset_a_stuck_run_to_a_step(up, page_factory, tmp_path):
     wait_for(lambda: starts(up, run["id"]).get("compile") == 2, 20,
              what="compile to start again on a fresh claim")  # fmt: skip
     release.write_text("go")
+    # The run's own end first, then the page's: a failure then says which of the two lagged
+    # (once in ~20 runs of this module on a slow, loaded machine, the page still said Running
+    # after 20 s; which one was behind was not recorded).
+    up.wait_status(run["id"], ("succeeded",), timeout=60)
     expect(page.locator("#run-status")).to_contain_text("Succeeded", timeout=20_000)
     assert starts(up, run["id"]) == {"fetch": 1, "compile": 2, "package": 1}
     expect(page.locator("#r-audit li", has_text="run.reset")).to_contain_text("root")
