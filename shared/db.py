@@ -277,6 +277,21 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TransientLocal)
 
 
+def _may_have_lost_connection(exc: sa_exc.DBAPIError) -> bool:
+    """True unless the error says the connection is fine (a constraint, a busy SQLite file, a
+    serialization failure, a deadlock, a lock timeout): a pinned connection that got it is
+    replaced. psycopg reports a backend killed while a statement was being sent as "sending
+    query failed" without a SQLSTATE, which its dialect may not take for a disconnect."""
+    if exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa_exc.IntegrityError) or isinstance(exc.orig, sqlite3.Error):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate:
+        return sqlstate[:2] in ("08", "57")
+    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+
+
 class _TransientLocal(Exception):
     """The in-process SQLite writer lock was not obtained in time."""
 
@@ -364,8 +379,17 @@ class Database:
                 if pin.conn is None:
                     pin.conn = self.engine.connect()
                 conn = pin.conn.execution_options(loopdeck_write=write)
-                with conn.begin():
-                    yield conn
+                try:
+                    with conn.begin():
+                        yield conn
+                except sa_exc.DBAPIError as exc:
+                    if _may_have_lost_connection(exc):
+                        # Whether or not the driver recognised the disconnect (SQLAlchemy
+                        # invalidates only what it does), the retry starts on a new one.
+                        pin.conn.invalidate()
+                        pin.conn.close()
+                        pin.conn = None
+                    raise
                 return
             with self.engine.connect() as conn:
                 if write:

@@ -78,6 +78,42 @@ def test_a_pinned_connection_the_server_killed_is_replaced_by_the_retry(store):
     assert store.get_run(run["id"])["inputs"]["topic"] == "after the kill"
 
 
+@pytest.mark.backends("postgres")
+def test_a_killed_pinned_connection_is_replaced_even_when_the_driver_misses_the_disconnect(
+    store, monkeypatch
+):
+    # psycopg reports a backend killed while a statement is being sent as "sending query
+    # failed", without a SQLSTATE, and SQLAlchemy invalidates a connection only when its
+    # dialect says the error was a disconnect. With that check answering no, the pinned
+    # connection must still be given up, or every retry would fail on it until the budget.
+    monkeypatch.setattr(store.engine.dialect, "is_disconnect", lambda *a, **kw: False)
+    with store.pinned_connection():
+        pid = store.read(lambda conn: conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        with store.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            other.commit()
+        run, _ = store.create_run("essay", {"topic": "after the kill"})
+        new_pid = store.read(
+            lambda conn: conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        )
+    assert new_pid != pid
+    assert store.get_run(run["id"])["inputs"]["topic"] == "after the kill"
+
+
+def test_an_error_that_leaves_the_connection_sound_keeps_the_pinned_one(store):
+    run, _ = store.create_run("essay", {"topic": "x"}, idempotency_key="k")
+    seen: list[Any] = []
+    with store.pinned_connection():
+        store.read(lambda conn: seen.append(_dbapi(conn)))
+        with pytest.raises(sa_exc.IntegrityError):
+            store.write(lambda conn: conn.execute(runs.insert().values(id=run["id"])))
+        if not store.is_libsql:  # over HTTP, an error does not say what it was
+            with pytest.raises(sa_exc.DBAPIError, match="no_such_table"):
+                store.read(lambda conn: conn.execute(text("SELECT * FROM no_such_table")))
+        store.read(lambda conn: seen.append(_dbapi(conn)))
+    assert seen[0] is seen[1]
+
+
 class FlakyStore(Store):
     """Write transactions fail with a lost connection while `failures` lasts."""
 
