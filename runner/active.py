@@ -31,7 +31,10 @@ class Outbox:
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
-        self._dirty: dict[str, ActiveRun] = {}
+        # By object, not run id: a run reset while it executes here may be claimed again by
+        # this runner before the old execution stops, and the old claim's last writes must
+        # not take the new one's place (whose writes would then never be flushed).
+        self._dirty: dict[int, ActiveRun] = {}
         self._since: float | None = None  # when the oldest unflushed write was marked
         self.kicked = False
 
@@ -39,7 +42,7 @@ class Outbox:
         with self.cond:
             if not self._dirty:
                 self._since = time.monotonic()
-            self._dirty[run.id] = run
+            self._dirty[id(run)] = run
             self.cond.notify()
 
     def kick(self) -> None:

@@ -45,7 +45,10 @@ class Dispatcher:
         self.outbox = outbox
         self._start = start
         self._lock = threading.Lock()
-        self.active: dict[str, ActiveRun] = {}
+        self.active: dict[str, ActiveRun] = {}  # by run id: its newest claim here
+        # Older claims of runs claimed again here (reset while they ran) whose executions have
+        # not returned yet: they hold a worker until they notice.
+        self._superseded: list[ActiveRun] = []
         self.claiming = True
         self.wake = threading.Event()
         # Set while the dispatcher relies on wake-ups: its last claim did not fill its free
@@ -66,11 +69,12 @@ class Dispatcher:
 
     def snapshot(self) -> list[ActiveRun]:
         with self._lock:
-            return list(self.active.values())
+            return [*self.active.values(), *self._superseded]
 
     def busy(self) -> int:
         with self._lock:
-            return sum(1 for a in self.active.values() if not a.finished.is_set())
+            running = sum(1 for a in self.active.values() if not a.finished.is_set())
+            return running + len(self._superseded)
 
     def holds_suspect(self) -> bool:
         """Whether a run claimed after a rescue is still executing here (one at a time, so a
@@ -84,7 +88,14 @@ class Dispatcher:
     def adopt(self, claimed: ClaimedRun) -> ActiveRun:
         active = ActiveRun(claimed, self.outbox, lease_valid=self.lease_valid)
         with self._lock:
+            earlier = self.active.get(active.id)
             self.active[active.id] = active
+            if earlier is not None and not earlier.finished.is_set():
+                self._superseded.append(earlier)
+        if earlier is not None:
+            # The run was reset while its execution here went on, and claimed again: the old
+            # claim is gone for certain, whether or not a rejected write has said so yet.
+            earlier.mark_lost("the run was claimed again (reset while it ran here)")
         self.claimed_total += 1
         return active
 
@@ -104,7 +115,9 @@ class Dispatcher:
         batches: list[tuple[ActiveRun, RunWrites]] = []
         for active in self.outbox.drain():
             batch = active.take_batch()
-            if batch is not None:
+            # A claim superseded here (see adopt) can write no more, and the store takes one
+            # batch per run in a cycle: its writes are dropped.
+            if batch is not None and self.active.get(active.id) is active:
                 batches.append((active, batch))
         claim = None
         if self.claim_due(now):
@@ -165,6 +178,8 @@ class Dispatcher:
             ]
             for run_id in done:
                 del self.active[run_id]
+            if self._superseded:
+                self._superseded = [a for a in self._superseded if not a.finished.is_set()]
         self.completed_total += len(done)
 
     def wait_for_work(self, timeout_cap: float = 1.0) -> None:

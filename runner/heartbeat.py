@@ -49,7 +49,9 @@ class Heartbeat:
     def run_once(self, now: float | None = None) -> float:
         """Beat once; returns how long to wait before the next beat."""
         now = time.monotonic() if now is None else now
-        held = self.dispatcher.snapshot()
+        # A lost claim is not refreshed (nor asked about): the run may be held here again
+        # under a newer claim after a reset, and only that one counts.
+        held = [a for a in self.dispatcher.snapshot() if not a.lost.is_set()]
         leases = {a.id: a.token for a in held}
         stats = {**self.stats.collect(), **self.extra_stats(), "heartbeat_interval": self.interval}
         try:

@@ -514,7 +514,10 @@ class ExecutionVerbs(StoreBase):
         self, batches: list[RunWrites], claim: ClaimRequest | None = None
     ) -> tuple[list[WriteOutcome], list[ClaimedRun]]:
         """Apply fenced batches and, in the same transaction, claim up to `claim.limit` runs
-        (at most `claim.suspects` of them rescued ones, see claims.py)."""
+        (at most `claim.suspects` of them rescued ones, see claims.py). One batch per run: the
+        outcomes are the run's, whichever claim's token a batch carries."""
+        if len({b.run_id for b in batches}) != len(batches):
+            raise ValueError("apply_run_writes takes one batch per run")
         claiming = (
             claim is not None and claim.limit > 0 and bool(claim.queues) and bool(claim.workflows)
         )

@@ -210,9 +210,10 @@ def test_reset_a_stuck_run_to_a_step(up, page_factory, tmp_path):
     wait_for(lambda: starts(up, run["id"]).get("compile") == 2, 20,
              what="compile to start again on a fresh claim")  # fmt: skip
     release.write_text("go")
-    # The run's own end first, then the page's: a failure then says which of the two lagged
-    # (once in ~20 runs of this module on a slow, loaded machine, the page still said Running
-    # after 20 s; which one was behind was not recorded).
+    # The run's own end first, then the page's: a failure then says which of the two lagged.
+    # (This test once hung on a loaded machine because the runner lost the new claim's
+    # writes when it claimed the run again before the old execution stopped; that case is
+    # tests/integration/test_dispatcher.py.)
     up.wait_status(run["id"], ("succeeded",), timeout=60)
     expect(page.locator("#run-status")).to_contain_text("Succeeded", timeout=20_000)
     assert starts(up, run["id"]) == {"fetch": 1, "compile": 2, "package": 1}

@@ -71,8 +71,10 @@ def test_writes_are_fenced_by_the_claim_token(store):
     assert ok[0].applied
     wrong_token = RunWrites(c.id, "clm_other", 1, events=[{"run_id": c.id, "type": "log"}])
     stale_fence = RunWrites(c.id, c.token, 0, events=[{"run_id": c.id, "type": "log"}])
-    outcomes, _ = store.apply_run_writes([wrong_token, stale_fence])
+    outcomes = [store.apply_run_writes([batch])[0][0] for batch in (wrong_token, stale_fence)]
     assert [o.applied for o in outcomes] == [False, False]
+    with pytest.raises(ValueError, match="one batch per run"):  # outcomes are the run's
+        store.apply_run_writes([wrong_token, stale_fence])
     assert [e["type"] for e in store.list_events(run["id"])["events"]].count("log") == 1
 
 

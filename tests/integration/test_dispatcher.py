@@ -1,0 +1,60 @@
+"""The runner's dispatcher against a real store (every backend): the claims it holds and the
+writes it flushes, driven cycle by cycle without execution threads."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from runner.active import ActiveRun, Outbox
+from runner.dispatcher import Dispatcher
+
+pytestmark = pytest.mark.all_backends
+
+
+def _dispatcher(store, started: list[ActiveRun]) -> Dispatcher:
+    return Dispatcher(
+        store, "rnr_test", queues=("default",), workflows=("release",), concurrency=2,
+        poll_interval=0.05, outbox=Outbox(), start=started.append,
+    )  # fmt: skip
+
+
+def _logs(store, run_id: str) -> list[str]:
+    events = store.list_events(run_id, limit=500)["events"]
+    return [e["message"] for e in events if e["type"] == "log"]
+
+
+def test_a_run_reset_while_it_executes_here_and_claimed_again_flushes_the_new_claims_writes(
+    store,
+):
+    # Seen in the dashboard's reset test on a loaded machine: the old execution, still running
+    # when the same runner claimed the run again, wrote once more before it noticed; its entry
+    # in the set of runs with pending writes (then keyed by run id) replaced the new claim's,
+    # whose writes — the step's start — never went out, and the run hung.
+    run, _ = store.create_run("release", {})
+    started: list[ActiveRun] = []
+    dispatcher = _dispatcher(store, started)
+    assert dispatcher.run_once()
+    (old,) = started
+    old.event("log", "before the reset")
+    dispatcher.run_once(time.monotonic() + 1)
+
+    store.reset_run(run["id"], reason="stuck")
+    assert dispatcher.run_once(time.monotonic() + 2)  # nothing pending from the old one: a claim
+    new = started[-1]
+    assert new.id == run["id"] and new.token != old.token
+    assert old.lost.is_set() and not new.lost.is_set()  # the new claim says the old one is gone
+    assert dispatcher.busy() == 2  # the old execution has not returned yet
+
+    new.event("log", "from the new claim")
+    old.event("log", "from the old claim, which must not land")
+    dispatcher.run_once(time.monotonic() + 3)
+    assert _logs(store, run["id"]) == ["before the reset", "from the new claim"]
+
+    old.finished.set()
+    dispatcher.run_once(time.monotonic() + 4)
+    assert dispatcher.snapshot() == [new] and dispatcher.busy() == 1
+    new.event("log", "still flushed after the old one is forgotten")
+    dispatcher.run_once(time.monotonic() + 5)
+    assert _logs(store, run["id"])[-1] == "still flushed after the old one is forgotten"
