@@ -27,7 +27,7 @@ from shared.errors import ConfigError, DatabaseUnavailable, LoopdeckError
 from shared.ids import new_id
 from shared.logcontext import log_context
 from shared.migrate import check_schema
-from shared.settings import Settings
+from shared.settings import DEFAULT_CONCURRENCY, Settings
 from shared.store import Store
 from shared.store.feed import ChangeFeed, open_change_feed
 from shared.workflows import Workflow, load_files
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunnerOptions:
     queues: tuple[str, ...] = ("default",)
-    concurrency: int = 8
+    concurrency: int = DEFAULT_CONCURRENCY
     workflow_id: str | None = None
     once: bool = False
     labels: dict[str, str] = field(default_factory=dict)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError, LoopdeckError
+from ..settings import DEFAULT_CONCURRENCY
 
 log = logging.getLogger("loopdeck")
 DEFAULT_PORT = 7861
@@ -224,7 +225,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     p.add_argument("--db", metavar="PATH", help="SQLite file (default ./loopdeck.db)")
     p.add_argument("--config", action="append", metavar="FILE",
                    help="workflow file (repeatable; default: the examples)")  # fmt: skip
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                   help=f"runs the embedded runner executes at once (default {DEFAULT_CONCURRENCY})")  # fmt: skip
     p.add_argument("--insecure", action="store_true", help=INSECURE_HELP)
     common(p)
     p.set_defaults(handler=cmd_up)
@@ -246,7 +248,8 @@ def register(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> Non
     p.add_argument("--workflow-id", metavar="RUN_ID",
                    help="execute exactly this queued run, then exit (0 if it succeeded)")  # fmt: skip
     p.add_argument("--once", action="store_true", help="exit when there is nothing to claim")
-    p.add_argument("--concurrency", type=int, default=8, help="runs at once (default 8)")
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                   help=f"runs at once (default {DEFAULT_CONCURRENCY})")  # fmt: skip
     p.add_argument(
         "--queue", action="append", metavar="Q", help="queue(s) to serve (default: default)"
     )

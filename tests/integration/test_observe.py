@@ -16,7 +16,7 @@ import pytest
 from api.app import create_app
 from runner.daemon import Runner, RunnerOptions
 from shared.errors import InvalidInput
-from shared.settings import Settings
+from shared.settings import DEFAULT_CONCURRENCY, Settings
 from shared.store import RunWrites
 from shared.store.base import db_now
 from shared.workflows import load_text
@@ -168,7 +168,7 @@ def test_runner_metrics_port(store, start_runner):
                    step="only", status="succeeded") == 1  # fmt: skip
     assert _sample(text, "loopdeck_runner_queue_wait_seconds_count", workflow="quick") == 1
     assert _sample(text, "loopdeck_runner_claim_duration_seconds_count", outcome="claimed") >= 1
-    assert _sample(text, "loopdeck_runner_slots") == 8
+    assert _sample(text, "loopdeck_runner_slots") == DEFAULT_CONCURRENCY
     assert _sample(text, "loopdeck_runner_info", runner_id=runner.id) == 1
 
 
