@@ -63,8 +63,8 @@ def test_a_failed_transaction_on_the_pinned_connection_rolls_back_and_it_goes_on
     assert store.get_run(again["id"])["status"] == "queued"
 
 
-@pytest.mark.backends("postgres")
-def test_a_pinned_connection_the_server_killed_is_replaced_by_the_retry(store):
+def _kill_the_pinned_backend_then_write(store: Store) -> None:
+    """Kill the pinned connection's server process; the next write must land on a new one."""
     with store.pinned_connection():
         pid = store.read(lambda conn: conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
         with store.engine.connect() as other:
@@ -76,6 +76,11 @@ def test_a_pinned_connection_the_server_killed_is_replaced_by_the_retry(store):
         )
     assert new_pid != pid
     assert store.get_run(run["id"])["inputs"]["topic"] == "after the kill"
+
+
+@pytest.mark.backends("postgres")
+def test_a_pinned_connection_the_server_killed_is_replaced_by_the_retry(store):
+    _kill_the_pinned_backend_then_write(store)
 
 
 @pytest.mark.backends("postgres")
@@ -87,17 +92,7 @@ def test_a_killed_pinned_connection_is_replaced_even_when_the_driver_misses_the_
     # dialect says the error was a disconnect. With that check answering no, the pinned
     # connection must still be given up, or every retry would fail on it until the budget.
     monkeypatch.setattr(store.engine.dialect, "is_disconnect", lambda *a, **kw: False)
-    with store.pinned_connection():
-        pid = store.read(lambda conn: conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
-        with store.engine.connect() as other:
-            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            other.commit()
-        run, _ = store.create_run("essay", {"topic": "after the kill"})
-        new_pid = store.read(
-            lambda conn: conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        )
-    assert new_pid != pid
-    assert store.get_run(run["id"])["inputs"]["topic"] == "after the kill"
+    _kill_the_pinned_backend_then_write(store)
 
 
 def test_an_error_that_leaves_the_connection_sound_keeps_the_pinned_one(store):
