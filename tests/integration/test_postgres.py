@@ -7,10 +7,13 @@ import time
 
 import psycopg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
 from shared.settings import Settings
 from shared.store import Store
+from shared.store.base import db_now_ms
+from shared.store.claims import claim_statement
 from shared.store.feed import PostgresListenFeed, open_change_feed
 
 from ..helpers import wait_for
@@ -345,3 +348,30 @@ def test_array_parameters_go_as_one_literal_and_read_back_unchanged(store):
         assert isinstance(bound, str if finite else list), (item_type, bound)
         got = store.read(lambda c, s=statement, xs=values: [r[0] for r in s.rows(c, {"xs": xs})])
         assert got == values, (item_type, got)
+
+
+def test_a_claim_goes_by_primary_key_even_when_statistics_say_the_queue_is_empty(store):
+    # Statistics taken on an empty table, then a burst of runs: the planner believes almost
+    # nothing is queued. The claim's UPDATE must still find its picked runs by primary key,
+    # never by reading every queued run through a status index (a claim that grows with the
+    # queue; seen with a status re-check in the UPDATE, removed since).
+    with store.engine.begin() as conn:
+        conn.execute(text("ANALYZE runs"))
+    store.create_runs("essay", [{"topic": f"t{i}"} for i in range(2000)])
+    statement = claim_statement(("default",), ("essay",), db_now_ms(), True, suspect=False)
+    with store.engine.begin() as conn:
+        compiled = statement.compile(dialect=conn.dialect)
+        params = {**compiled.params, "token": "clm_x", "runner_id": "rnr_x", "lim": 16}
+        (plan,) = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + str(compiled), params).one()
+    update = plan[0]["Plan"]
+    assert update["Node Type"] == "ModifyTable"
+
+    def scans(node):  # the scans that find the rows to update (not the pick's, in its CTE)
+        if "Scan" in node["Node Type"]:
+            yield node
+        for child in node.get("Plans", []):
+            if not str(child.get("Subplan Name", "")).startswith("CTE"):
+                yield from scans(child)
+
+    target = [n for n in scans(update) if n.get("Relation Name") == "runs"]
+    assert [(n["Node Type"], n.get("Index Name")) for n in target] == [("Index Scan", "pk_runs")]
