@@ -36,10 +36,12 @@ from .errors import ConfigError
 DEFAULT_DATABASE_URL = "sqlite:///./loopdeck.db"
 DEFAULT_RATE_LIMIT = (120, 60.0)  # mutating requests per window (seconds), per token
 # Runs a runner executes at once (`--concurrency`). Its dispatcher flushes the finished runs
-# and claims into the free slots in one transaction, so this also bounds a transaction's batch;
-# at 16 one batch's executions overlap the next batch's round trip (bench/RESULTS.md, tenth
-# run: drain +18 % on SQLite, +55 % on PostgreSQL against 8). Each slot is an idle thread.
-DEFAULT_CONCURRENCY = 16
+# and claims into the free slots in one transaction, so this also bounds a transaction's batch,
+# and each transaction has a cost of its own besides its runs' (eight statements, a commit):
+# at 64 that cost is shared by up to four times the runs it was at 16 (bench/RESULTS.md,
+# eleventh run: CPU per drained run on PostgreSQL -25 %, client and server; 128 no better).
+# A slot's thread starts the first time it is needed (runner/pool.py).
+DEFAULT_CONCURRENCY = 64
 
 
 def _seconds(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
