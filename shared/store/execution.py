@@ -345,7 +345,10 @@ def _arrays(
     for k, is_now in sig:
         if is_now:
             continue
-        out[f"b_{k}"] = [_as_sent(table, k, row[k]) for row in rows]
+        if _is_json(table.c[k].type):
+            out[f"b_{k}"] = ["null" if row[k] is None else json.dumps(row[k]) for row in rows]
+        else:
+            out[f"b_{k}"] = [row[k] for row in rows]
     return out
 
 

@@ -269,12 +269,19 @@ def _array_literal(values: Any) -> Any:
     Anything else (infinities, booleans, nested lists) is left to psycopg."""
     if values is None:
         return None
+    if values and all(type(v) is str for v in values):
+        # The common array (run ids, tokens, statuses): strings with nothing to escape.
+        blob = "".join(values)
+        if '"' not in blob and "\\" not in blob:
+            return '{"' + '","'.join(values) + '"}'
     items = []
     for v in values:
         if v is None:
             items.append("NULL")
         elif isinstance(v, str):
-            items.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+            if '"' in v or "\\" in v:
+                v = v.replace("\\", "\\\\").replace('"', '\\"')
+            items.append('"' + v + '"')
         elif type(v) is int:  # not bool
             items.append(str(v))
         elif type(v) is float and math.isfinite(v):

@@ -335,6 +335,12 @@ def test_array_parameters_go_as_one_literal_and_read_back_unchanged(store):
     texts = ["plain", 'a "quoted", {braced}', "back\\slash\\", "", "NULL", "é ü ☃", None, " s "]
     cases = [
         (String, texts),
+        # Strings only, nothing to escape: one join (fast.py); and the same with one to escape.
+        (String, ["run_01", "b c", "NULL", "", "{x}", "a,b", "é"]),
+        (String, [""]),
+        (String, []),
+        (String, ["run_01", 'y"z']),
+        (String, ["run_01", "back\\"]),
         (Integer, [0, -7, 2**31 - 1, None]),
         (Float, [0.1, 1e300, -2.5, 5e-324, None]),
         (Float, [float("inf"), 1.0]),  # left to psycopg's own dumper
