@@ -37,10 +37,11 @@ DEFAULT_DATABASE_URL = "sqlite:///./loopdeck.db"
 DEFAULT_RATE_LIMIT = (120, 60.0)  # mutating requests per window (seconds), per token
 # Runs a runner executes at once (`--concurrency`). Its dispatcher flushes the finished runs
 # and claims into the free slots in one transaction, so this also bounds a transaction's batch,
-# and each transaction has a cost of its own besides its runs' (eight statements, a commit):
-# at 64 that cost is shared by up to four times the runs it was at 16 (bench/RESULTS.md,
-# eleventh run: CPU per drained run on PostgreSQL -25 %, client and server; 128 no better).
-# A slot's thread starts the first time it is needed (runner/pool.py).
+# and each transaction has a cost of its own besides its runs (six statements and a commit on
+# PostgreSQL): at 64 that cost is shared by up to four times the runs it was at 16
+# (bench/RESULTS.md, eleventh run: CPU per drained run on PostgreSQL a quarter lower, client
+# and server; at 128 no lower). A slot's thread starts the first time it is needed
+# (runner/pool.py); `docs/architecture.md` says what a high default costs and why it is 64.
 DEFAULT_CONCURRENCY = 64
 
 

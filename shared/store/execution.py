@@ -530,7 +530,7 @@ class ExecutionVerbs(StoreBase):
             return self.prepared.get(
                 ("claim", queues, workflows, suspect),
                 lambda: claim_statement(
-                    queues, workflows, db_now_ms(), self.is_postgres, suspect=suspect
+                    queues, workflows, db_now_ms(), self.is_postgres, suspect=suspect, record=True
                 ),
             )
 
@@ -626,10 +626,10 @@ class ExecutionVerbs(StoreBase):
                     fresh = claim_statement_for(req, False).start(
                         conn, {**params, "lim": fresh_limit}, decode=False
                     )
-                self.prepared.get(
-                    ("claimed_events", self.is_postgres),
-                    partial(claimed_events_statement, self.is_postgres),
-                ).execute(conn, params)
+                if not self.is_postgres:  # PostgreSQL's claim statements wrote them
+                    self.prepared.get(("claimed_events",), claimed_events_statement).execute(
+                        conn, params
+                    )
                 tasks_statement = tasks_of_claim_statement(self.prepared, self.is_postgres)
                 task_rows = tasks_statement.start(conn, {"token": req.token}, decode=False)
                 if simple:

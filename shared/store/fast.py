@@ -192,7 +192,7 @@ class Prepared:
                 proc = _json_loads(dialect)
             if proc is None:
                 continue
-            if getattr(column, "info", {}).get("decode_once"):
+            if _info(column).get("decode_once"):
                 proc = functools.lru_cache(maxsize=64)(proc)
             out.append((i, proc, _none_of(proc)))
         return out
@@ -356,6 +356,17 @@ def _row_class(fields: Sequence[str]) -> Any:
     """A named tuple that, like SQLAlchemy's Row, also offers `_mapping`."""
     base: Any = collections.namedtuple("Row", list(fields), rename=True)  # type: ignore[misc]
     return type("Row", (base,), {"__slots__": (), "_mapping": property(base._asdict)})
+
+
+def _info(column: Any) -> dict[str, Any]:
+    """A result column's `info`, or its table column's when it comes through a CTE."""
+    info = getattr(column, "info", None)
+    if info:
+        return dict(info)
+    for base in getattr(column, "base_columns", ()):
+        if getattr(base, "info", None):
+            return dict(base.info)
+    return {}
 
 
 def _result_columns(stmt: Any) -> Sequence[Any]:

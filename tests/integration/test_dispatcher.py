@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from sqlalchemy import update
 
 from runner.active import ActiveRun, Outbox
 from runner.dispatcher import Dispatcher
+from shared.schema import runs
+from shared.store import ClaimRequest
 
 pytestmark = pytest.mark.all_backends
 
@@ -58,3 +61,32 @@ def test_a_run_reset_while_it_executes_here_and_claimed_again_flushes_the_new_cl
     new.event("log", "still flushed after the old one is forgotten")
     dispatcher.run_once(time.monotonic() + 5)
     assert _logs(store, run["id"])[-1] == "still flushed after the old one is forgotten"
+
+
+def test_a_claim_records_one_run_claimed_event_for_each_run_it_took(store):
+    # PostgreSQL's claim statements write these themselves (a data-modifying CTE), SQLite's
+    # dispatcher with a statement of its own: either way once per run, suspects included.
+    created = [store.create_run("release", {})[0]["id"] for _ in range(3)]
+    with store.engine.begin() as conn:  # the first was rescued twice: a suspect
+        conn.execute(update(runs).where(runs.c.id == created[0]).values(claim_count=2))
+
+    def claim() -> list:
+        request = ClaimRequest("rnr_test", ("default",), ("release",), 4, suspects=1)
+        return store.apply_run_writes([], request)[1]
+
+    claimed = claim()
+    assert sorted(c.id for c in claimed) == sorted(created)
+    assert sorted(c.claim_count for c in claimed) == [1, 1, 3]
+    for c in claimed:
+        events = store.list_events(c.id, limit=50)["events"]
+        (event,) = [e for e in events if e["type"] == "run.claimed"]
+        assert event["message"] == f"claimed by rnr_test (claim {c.claim_count})"
+        assert event["data"] == {"runner_id": "rnr_test", "claim_count": c.claim_count}
+    assert claim() == []  # nothing left: nothing recorded
+    recorded = [
+        e
+        for run_id in created
+        for e in store.list_events(run_id, limit=50)["events"]
+        if e["type"] == "run.claimed"
+    ]
+    assert len(recorded) == 3
