@@ -40,8 +40,10 @@ class Resources:
         if self._store is None:
             with self._lock:
                 if self._store is None:
+                    # A SQLite file's WAL checkpoints run beside the requests, not inside
+                    # whichever create's commit crossed the threshold (checkpoint.py).
                     self._store = Store.from_settings(
-                        self.settings, retry_seconds=API_RETRY_SECONDS
+                        self.settings, retry_seconds=API_RETRY_SECONDS, background_checkpoint=True
                     )
         return self._store
 

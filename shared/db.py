@@ -30,6 +30,7 @@ from tenacity import (
     wait_random,
 )
 
+from .checkpoint import SAFETY_NET_PAGES, WalCheckpointer
 from .dialects import register as _register_dialects
 from .errors import ConfigError, DatabaseUnavailable
 from .settings import Settings
@@ -103,10 +104,13 @@ def make_engine(
     *,
     wait_seconds: float = 10.0,
     session_name: str = "loopdeck",
+    background_checkpoint: bool = False,
 ) -> Engine:
     """An engine for `url`. `wait_seconds` caps how long one statement waits for a busy
     SQLite file (its busy handler) before the error goes up to the retry loop; `session_name`
-    is PostgreSQL's application_name for its sessions."""
+    is PostgreSQL's application_name for its sessions; `background_checkpoint`: on a SQLite
+    file, this process checkpoints the WAL in a thread of its own (checkpoint.py), so its
+    connections leave it to that thread up to a safety net."""
     settings = settings or Settings()
     url = normalize_url(url)
     try:
@@ -118,7 +122,9 @@ def make_engine(
         if backend == "sqlite" and parsed.get_driver_name() == "libsql":
             return _libsql_engine(url, settings)
         if backend == "sqlite":
-            return _sqlite_engine(url, parsed.database, settings, wait_seconds)
+            return _sqlite_engine(
+                url, parsed.database, settings, wait_seconds, background_checkpoint
+            )
         if backend == "postgresql":
             return _postgres_engine(url, settings, session_name)
     except ImportError as exc:
@@ -158,7 +164,13 @@ def _begin_immediate_for_writes(engine: Engine) -> None:
             raise
 
 
-def _sqlite_engine(url: str, path: str | None, settings: Settings, wait_seconds: float) -> Engine:
+def _sqlite_engine(
+    url: str,
+    path: str | None,
+    settings: Settings,
+    wait_seconds: float,
+    background_checkpoint: bool = False,
+) -> Engine:
     if not path or path == ":memory:" or path.startswith("file::memory:"):
         # Every pooled connection would see its own empty database.
         raise ConfigError("an in-memory SQLite database cannot be shared: give a file path")
@@ -183,6 +195,8 @@ def _sqlite_engine(url: str, path: str | None, settings: Settings, wait_seconds:
         cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute(f"PRAGMA synchronous={synchronous}")
+        if background_checkpoint:
+            cur.execute(f"PRAGMA wal_autocheckpoint={SAFETY_NET_PAGES}")
         cur.close()
 
     _begin_immediate_for_writes(engine)
@@ -330,6 +344,7 @@ class Database:
         # busy handler, whose sleeps (up to 100 ms each) would otherwise set the tail latency.
         self._write_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._pinned = threading.local()  # .pin: this thread's _Pin, if any
+        self.checkpointer: WalCheckpointer | None = None  # see Store.from_settings
 
     @property
     def is_sqlite(self) -> bool:
@@ -345,6 +360,9 @@ class Database:
         return self.engine.dialect.driver == "libsql"
 
     def dispose(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
         self.engine.dispose()
 
     @contextmanager

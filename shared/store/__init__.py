@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
+from ..checkpoint import WalCheckpointer
 from ..db import make_engine
 from ..settings import Settings
 from .approvals import ApprovalVerbs
@@ -64,20 +65,34 @@ class Store(
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, retry_seconds: float = 10.0, session_name: str = "loopdeck"
+        cls,
+        settings: Settings,
+        *,
+        retry_seconds: float = 10.0,
+        session_name: str = "loopdeck",
+        background_checkpoint: bool = False,
     ) -> Store:
-        return cls(
-            make_engine(
-                settings.database_url,
-                settings,
-                wait_seconds=retry_seconds,
-                session_name=session_name,
-            ),
+        """`background_checkpoint`: on SQLite, WAL checkpoints run in a thread of this process
+        instead of inside its commits (for the API: shared/checkpoint.py); stopped by
+        `dispose`."""
+        engine = make_engine(
+            settings.database_url,
+            settings,
+            wait_seconds=retry_seconds,
+            session_name=session_name,
+            background_checkpoint=background_checkpoint,
+        )
+        store = cls(
+            engine,
             stall_after_ms=settings.stall_after_ms,
             max_claims=settings.max_claims,
             retry_seconds=retry_seconds,
             max_inputs_bytes=settings.max_inputs_bytes,
         )
+        if background_checkpoint and store.is_sqlite and not store.is_libsql:
+            store.checkpointer = WalCheckpointer(engine)
+            store.checkpointer.start()
+        return store
 
 
 __all__ = [
