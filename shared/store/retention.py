@@ -103,9 +103,19 @@ def _delete_batch(
     conn: Connection, candidates: list[str], qualifies: tuple[Any, ...]
 ) -> PruneReport:
     """Delete one batch; returns what it removed (added up only once the write committed)."""
-    # A candidate re-run or reset since it was read is no longer finished: it stays.
+    # A candidate re-run or reset since it was read is no longer finished: it stays. On
+    # PostgreSQL the rows are locked as they are chosen: a rerun or reset committing between
+    # this read and the deletes below would otherwise have its queued run deleted (a DELETE
+    # by id waits for the intent's row lock, then deletes the new version all the same);
+    # FOR UPDATE waits here instead and re-checks the conditions on the committed version.
+    # (SQLite's write transaction holds the whole database; SQLAlchemy renders no FOR UPDATE.)
     ids = list(
-        conn.execute(select(runs.c.id).where(runs.c.id.in_(candidates), *qualifies)).scalars()
+        conn.execute(
+            select(runs.c.id)
+            .where(runs.c.id.in_(candidates), *qualifies)
+            .order_by(runs.c.id)
+            .with_for_update()
+        ).scalars()
     )
     counted = PruneReport()
     if not ids:

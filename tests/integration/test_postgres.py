@@ -7,7 +7,7 @@ import time
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.pool import NullPool
 
 from shared.settings import Settings
@@ -381,3 +381,49 @@ def test_a_claim_goes_by_primary_key_even_when_statistics_say_the_queue_is_empty
 
     target = [n for n in scans(update) if n.get("Relation Name") == "runs"]
     assert [(n["Node Type"], n.get("Index Name")) for n in target] == [("Index Scan", "pk_runs")]
+
+
+def _db_now(store: Store) -> int:
+    return int(store.read(lambda conn: conn.execute(select(db_now_ms())).scalar_one()))
+
+
+def test_a_prune_racing_a_rerun_of_the_same_run_leaves_the_requeued_run_alone(store):
+    # A rerun commits while the prune's write transaction is between choosing its runs and
+    # deleting them: the prune must see the run queued again and keep it, not delete it by id.
+    run, _ = store.create_run("essay", {"topic": "t"})
+    later = _db_now(store) + 86_400_000
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE runs SET status = 'succeeded', completed_at = :t WHERE id = :id"),
+            {"t": later - 3_600_000, "id": run["id"]},
+        )
+    rerun = psycopg.connect(_dsn(store))  # the rerun, holding the run's row until it commits
+    try:
+        rerun.execute(
+            "UPDATE runs SET status = 'queued', completed_at = NULL WHERE id = %s", (run["id"],)
+        )
+        reports = []
+        prune = threading.Thread(
+            target=lambda: reports.append(store.prune_runs(older_than_ms=60_000, now_ms=later))
+        )
+        prune.start()
+        with psycopg.connect(_dsn(store), autocommit=True) as admin:
+            wait_for(
+                lambda: (
+                    admin.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    ).fetchone()[0]
+                    == 1
+                ),
+                what="the prune to wait for the rerun's row lock",
+            )
+        rerun.commit()
+        prune.join(20)
+        assert not prune.is_alive()
+    finally:
+        rerun.close()
+    assert reports[0].runs == 0
+    kept = store.get_run(run["id"])
+    assert kept["status"] == "queued"
+    assert [e["type"] for e in store.list_events(run["id"], limit=10)["events"]] == ["run.queued"]
