@@ -4,7 +4,7 @@ In WAL mode SQLite copies the log back into the database file (a checkpoint) fro
 whichever commit finds the log past `wal_autocheckpoint` pages (1,000 by default): that commit,
 and every request queued behind the one writer, waits for the copy and its fsync. Under a
 stream of creates through the API that was the whole p99 (bench/RESULTS.md, eleventh run:
-19.3 ms with checkpoints in the commits, 7.5 ms without). A process that starts a
+19.1 / 18.4 ms with checkpoints in the commits, 7.6 / 7.3 ms with none). A process that starts a
 `WalCheckpointer` checkpoints every `BUSY_INTERVAL` while the log grows and every
 `IDLE_INTERVAL` otherwise, in PASSIVE mode (it never waits for a writer or reader, and copies
 what it can), and raises its connections' own threshold to `SAFETY_NET_PAGES`: should this

@@ -339,8 +339,8 @@ def _unprefixed(params: dict[str, Any]) -> dict[str, Any]:
 def _arrays(
     table: Any, sig: tuple[tuple[str, bool], ...], rows: list[dict[str, Any]]
 ) -> dict[str, list[Any]]:
-    """Per column of `sig` (NOW aside), the rows' values as one array parameter `b_{column}`
-    (`_as_sent`)."""
+    """Per column of `sig` (NOW aside), the rows' values as one array parameter `b_{column}`,
+    a JSON column's as its text (as `_as_sent`, decided once per column, not per value)."""
     out: dict[str, list[Any]] = {}
     for k, is_now in sig:
         if is_now:
