@@ -123,6 +123,9 @@ def _delete_batch(
     _count(conn, select(runs.c.id).where(runs.c.id.in_(ids)).subquery(), counted)
     # Children keep their own history; only their link to the pruned parent goes.
     conn.execute(update(runs).where(runs.c.parent_run_id.in_(ids)).values(parent_run_id=None))
+    # Explicitly, after the lock above: on PostgreSQL no foreign key cascades to the events
+    # (migration 0008), and an event written by a transaction that held one of these runs
+    # has committed by now, so this statement sees it.
     for table in (artifacts, events, tasks):
         conn.execute(delete(table).where(table.c.run_id.in_(ids)))
     conn.execute(delete(runs).where(runs.c.id.in_(ids)))

@@ -4,6 +4,7 @@ limit, deregistration), with an in-process runner where execution matters."""
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import inspect
 
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.schema import metadata
@@ -32,6 +33,27 @@ def test_the_migrations_build_exactly_the_schema_module(cstore):
         opts = {"compare_type": True, "include_object": for_this_dialect}
         ctx = MigrationContext.configure(conn, opts=opts)
         assert compare_metadata(ctx, metadata) == []
+
+    # Alembic compares neither of these: each column's collation, and which foreign keys exist.
+    dialect = cstore.engine.dialect
+    inspector = inspect(cstore.engine)
+    for table in metadata.sorted_tables:
+        built = {c["name"]: c for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            declared = getattr(column.type.dialect_impl(dialect), "collation", None)
+            assert getattr(built[column.name]["type"], "collation", None) == declared, (
+                f"{table.name}.{column.name}"
+            )
+        declared_keys = {
+            fk.name
+            for fk in table.foreign_key_constraints
+            if getattr(fk, "_ddl_if", None) is None or fk._ddl_if.dialect == dialect.name
+        }
+        built_keys = [fk["name"] for fk in inspector.get_foreign_keys(table.name)]
+        if dialect.name == "sqlite":  # SQLite keeps no names for foreign keys: count them
+            assert len(built_keys) == len(declared_keys), table.name
+        else:
+            assert set(built_keys) == declared_keys, table.name
 
 
 # -- restart and retry --------------------------------------------------------------------

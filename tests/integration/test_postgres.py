@@ -427,3 +427,51 @@ def test_a_prune_racing_a_rerun_of_the_same_run_leaves_the_requeued_run_alone(st
     kept = store.get_run(run["id"])
     assert kept["status"] == "queued"
     assert [e["type"] for e in store.list_events(run["id"], limit=10)["events"]] == ["run.queued"]
+
+
+def test_events_written_while_a_prune_waits_for_their_run_go_with_it(store):
+    # PostgreSQL keeps no foreign key from events to runs (migration 0008): an event writer
+    # locks its run first, and the prune deletes a run's events only once it holds the run.
+    # A writer holding the run's row while it adds an event (as an intent does) must not
+    # leave that event behind a prune that was waiting for it.
+    run, _ = store.create_run("essay", {"topic": "t"})
+    later = _db_now(store) + 86_400_000
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE runs SET status = 'succeeded', completed_at = :t WHERE id = :id"),
+            {"t": later - 3_600_000, "id": run["id"]},
+        )
+    writer = psycopg.connect(_dsn(store))
+    try:
+        writer.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run["id"],))
+        writer.execute(
+            "INSERT INTO events (run_id, type, message, created_at) VALUES (%s, 'log', 'late', 0)",
+            (run["id"],),
+        )
+        reports = []
+        prune = threading.Thread(
+            target=lambda: reports.append(store.prune_runs(older_than_ms=60_000, now_ms=later))
+        )
+        prune.start()
+        with psycopg.connect(_dsn(store), autocommit=True) as admin:
+            wait_for(
+                lambda: (
+                    admin.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    ).fetchone()[0]
+                    == 1
+                ),
+                what="the prune to wait for the writer's row lock",
+            )
+        writer.commit()
+        prune.join(20)
+        assert not prune.is_alive()
+    finally:
+        writer.close()
+    assert reports[0].runs == 1
+    with store.engine.connect() as conn:
+        left = conn.execute(
+            text("SELECT count(*) FROM events WHERE run_id = :id"), {"id": run["id"]}
+        ).scalar_one()
+    assert left == 0
