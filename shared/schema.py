@@ -150,12 +150,8 @@ Index(
     sqlite_where=text("status = 'queued' AND claim_count >= 2"),
     postgresql_where=text("status = 'queued' AND claim_count >= 2"),
 )
-Index(
-    "ix_runs_running_heartbeat",
-    runs.c.heartbeat_at,
-    sqlite_where=text("status = 'running'"),
-    postgresql_where=text("status = 'running'"),
-)
+# No index on heartbeat_at: the search for stalled runs reads running runs through
+# ix_runs_status_id, and a heartbeat that changes no indexed column is a HOT update (0009).
 # Lookups by a claim's token (its runs, heartbeats) are of running runs and say so. A finished
 # run keeps its token: on PostgreSQL only running runs are indexed, so a run's completion adds
 # no entry; SQLite touches this index only when the token changes (migration 0007).

@@ -155,10 +155,10 @@ def _guard_statement(
                 runs.c.claim_token == keys.c.token,
                 runs.c.fence == keys.c.fence,
                 # Not `status = 'running'`: from that the planner may prove the predicate of
-                # ix_runs_running_heartbeat and bitmap-scan that index, which keeps the
-                # entries of every run that finished since the last vacuum (seen: 9,000
-                # entries, 2 ms a cycle, growing through a drain) instead of probing the
-                # primary key per key.
+                # a partial index of running runs (ix_runs_claim_token; until 0009 also one
+                # by heartbeat) and bitmap-scan it, which keeps the entries of every run that
+                # finished since the last vacuum (seen: 9,000 entries, 2 ms a cycle, growing
+                # through a drain) instead of probing the primary key per key.
                 func.coalesce(runs.c.status, "") == const("running"),
             )
             .values(**fence_bump, **_unnested_values(runs, sig, keys))

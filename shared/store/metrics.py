@@ -3,8 +3,8 @@
 The API may run as many short-lived processes, so it keeps no counters of its own for the
 state of the system: queue depth, the oldest queued run's age, active runs, stalled runs and
 runners are read here, at scrape time. Every query touches only active rows through an index
-(`ix_runs_claimable`, `ix_runs_status_id`, `ix_runs_running_heartbeat`), never the history of
-finished runs, so a scrape stays cheap however many runs the database keeps.
+(`ix_runs_claimable`, `ix_runs_status_id`), never the history of finished runs, so a scrape
+stays cheap however many runs the database keeps.
 """
 
 from __future__ import annotations
