@@ -117,6 +117,7 @@ class ActiveRun:
     ) -> None:
         self.claimed = claimed
         self.id = claimed.id
+        self.adopted_at = time.monotonic()  # when this runner took it on (the dispatcher's linger)
         self.token = claimed.token
         self.fence = claimed.fence
         self.metrics: dict[str, Any] = dict(claimed.metrics)

@@ -17,7 +17,8 @@ from shared.store.claims import SUSPECT_CLAIMS
 from .active import ActiveRun, Outbox
 
 log = logging.getLogger(__name__)
-# How long a running execution's writes may wait for others before they are flushed.
+# How long a running execution's writes may wait for others before they are flushed; also
+# how long a finished run's writes wait for the runs started with it (wait_for_work).
 FLUSH_WINDOW = 0.005
 
 
@@ -59,6 +60,8 @@ class Dispatcher:
         self._more_likely = True
         self._retry_at = 0.0
         self._next_suspect_poll = 0.0
+        # How long a finished run's writes wait for the runs adopted with it (_linger).
+        self.linger = FLUSH_WINDOW
         self.last_claim_empty = False
         self.claimed_total = 0
         self.completed_total = 0
@@ -189,8 +192,15 @@ class Dispatcher:
         Writes of executions still running (a stage started, a log line) wait up to
         FLUSH_WINDOW for company instead of taking a transaction each: a short stage's start
         and end then land in one batch. An execution that ends kicks, so a finished run's
-        writes — and its free slot — go out at once."""
+        writes — and its free slot — go out at once, unless runs this runner took on less
+        than FLUSH_WINDOW ago are still executing: the cycle then lingers until they end or
+        that window closes, so runs claimed together finish together — one transaction, and
+        one claim into all their slots, instead of a cycle for whichever ended first and
+        another for the rest. A run that takes longer than the window is not waited for.
+        (A two-runner PostgreSQL drain: ~30 runs a transaction became ~60 of the 64 slots, and
+        the drain went ~20 % faster; bench/RESULTS.md, twelfth run.)"""
         with self.outbox.cond:
+            self._linger()
             deadline = time.monotonic() + timeout_cap
             if self.claiming and self.concurrency - self.busy() > 0:
                 deadline = min(deadline, self._next_poll)
@@ -202,6 +212,22 @@ class Dispatcher:
                     break
                 self.outbox.cond.wait(timeout)
             self.outbox.kicked = False
+
+    def _linger(self) -> None:
+        """With `outbox.cond` held: wait while executions adopted within `linger` run on
+        (each ending kicks the condition), at most until the newest one's window closes. No
+        run is adopted meanwhile (this thread adopts them), so the wait is bounded."""
+        while True:
+            now = time.monotonic()
+            with self._lock:
+                young = [
+                    a.adopted_at
+                    for a in self.active.values()
+                    if a.adopted_at > now - self.linger and not a.finished.is_set()
+                ]
+            if not young:
+                return
+            self.outbox.cond.wait(min(young) + self.linger - now)
 
     def flush_all(self, deadline: float) -> None:
         """Apply every pending write (used while shutting down)."""

@@ -3,6 +3,7 @@ writes it flushes, driven cycle by cycle without execution threads."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -13,12 +14,14 @@ from runner.dispatcher import Dispatcher
 from shared.schema import runs
 from shared.store import ClaimRequest
 
+from ..helpers import wait_for
+
 pytestmark = pytest.mark.all_backends
 
 
-def _dispatcher(store, started: list[ActiveRun]) -> Dispatcher:
+def _dispatcher(store, started: list[ActiveRun], concurrency: int = 2) -> Dispatcher:
     return Dispatcher(
-        store, "rnr_test", queues=("default",), workflows=("release",), concurrency=2,
+        store, "rnr_test", queues=("default",), workflows=("release",), concurrency=concurrency,
         poll_interval=0.05, outbox=Outbox(), start=started.append,
     )  # fmt: skip
 
@@ -90,3 +93,52 @@ def test_a_claim_records_one_run_claimed_event_for_each_run_it_took(store):
         if e["type"] == "run.claimed"
     ]
     assert len(recorded) == 3
+
+
+def _ended(active: ActiveRun) -> None:
+    """What an execution does when it returns: its terminal write, then the kick."""
+    active.event("run.succeeded", "done")
+    active.finish("succeeded")
+    active.finished.set()
+    active._outbox.kick()
+
+
+def _cycle(dispatcher: Dispatcher) -> threading.Thread:
+    thread = threading.Thread(target=lambda: (dispatcher.wait_for_work(), dispatcher.run_once()))
+    thread.start()
+    return thread
+
+
+def test_a_finished_run_waits_for_the_runs_claimed_with_it_then_both_flush_together(store):
+    for _ in range(2):
+        store.create_run("release", {})
+    started: list[ActiveRun] = []
+    dispatcher = _dispatcher(store, started, concurrency=3)  # one slot kept for a suspect
+    dispatcher.linger = 60.0  # the window is FLUSH_WINDOW (5 ms); here it outlasts the test
+    assert dispatcher.run_once()
+    first, second = started
+    _ended(first)
+    cycle = _cycle(dispatcher)
+    wait_for(lambda: len(dispatcher.outbox.cond._waiters) == 1, what="the cycle to linger")
+    assert store.get_run(first.id)["status"] == "running"  # not flushed alone
+    _ended(second)
+    cycle.join(20)
+    assert not cycle.is_alive()
+    assert [store.get_run(a.id)["status"] for a in (first, second)] == ["succeeded"] * 2
+
+
+def test_a_run_older_than_the_window_is_not_waited_for(store):
+    for _ in range(2):
+        store.create_run("release", {})
+    started: list[ActiveRun] = []
+    dispatcher = _dispatcher(store, started, concurrency=3)
+    assert dispatcher.run_once()
+    first, second = started
+    second.adopted_at -= 3600  # an hour into its stage: a long run
+    first.adopted_at -= 3600
+    _ended(first)
+    cycle = _cycle(dispatcher)
+    cycle.join(20)
+    assert not cycle.is_alive()  # it did not wait for the second run
+    assert store.get_run(first.id)["status"] == "succeeded"
+    assert store.get_run(second.id)["status"] == "running"
