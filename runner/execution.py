@@ -182,7 +182,7 @@ class Execution:
         active, wf = self.active, self.wf
         assert wf.steps is not None
         tasks = {t["step"]: TaskState.of(t) for t in active.claimed.tasks}
-        order = [s for s in wf.step_order() if s in tasks]
+        order = [s for s in wf.ordered_steps if s in tasks]
         self._apply_decisions(tasks)
         done: queue.SimpleQueue[tuple[str, StageResult]] = queue.SimpleQueue()
         running: set[str] = set()
@@ -311,7 +311,7 @@ class Execution:
             active.event("run.cancelled", "run cancelled")
             active.finish("cancelled", error_message="cancelled")
             return
-        needed = {n for s in wf.steps.values() for n in s.needs}
+        needed = wf.needed_steps
         sinks = {s: tasks[s].output for s in order if s not in needed}
         if failed:
             first = tasks[failed[0]]

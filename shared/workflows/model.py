@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -179,6 +180,17 @@ class Workflow(_Strict):
             for needs in remaining.values():
                 needs.difference_update(ready)
         return order
+
+    @cached_property
+    def ordered_steps(self) -> tuple[str, ...]:
+        """`step_order()`, worked out once per workflow (executions ask for it every run)."""
+        return tuple(self.step_order())
+
+    @cached_property
+    def needed_steps(self) -> frozenset[str]:
+        """Steps some other step needs (the rest are the graph's sinks)."""
+        assert self.steps is not None
+        return frozenset(n for s in self.steps.values() for n in s.needs)
 
     def downstream_of(self, step: str) -> list[str]:
         """`step` and every step that needs it, directly or not, in step order."""
