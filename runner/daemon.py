@@ -45,6 +45,9 @@ from .reaper import Reaper
 from .stages.call import resolve
 
 log = logging.getLogger(__name__)
+# Containers made and not yet freed before the collector looks at the youngest ones (700 by
+# default; see _freeze_startup_objects).
+YOUNG_GENERATION_THRESHOLD = 10_000
 
 
 @dataclass
@@ -365,13 +368,20 @@ class Runner:
 
 
 def _freeze_startup_objects() -> None:
-    """Move what start-up built out of the cyclic garbage collector's sight (gc.freeze).
+    """Move what start-up built out of the cyclic garbage collector's sight (gc.freeze), and
+    collect the young generation less often.
 
     Modules, SQLAlchemy's and pydantic's structures and the workflows live as long as the
     process, yet every full collection walked them all again — triggered by the churn of
     short-lived objects each run brings, about every 4,000 runs in a drain, each a pause of
-    ~40 ms with the GIL held: ~10 µs of CPU per drained run (python -m bench.cycle with
-    gc.callbacks; bench/RESULTS.md, twelfth run). Objects made later are collected as usual.
+    ~40 ms with the GIL held: ~10 µs of CPU per drained run. What remains is the young
+    generation, collected whenever 700 more containers were made than freed: a cycle's runs
+    hold that many for a moment, so it ran every few runs for ~3 µs a run, and found nearly
+    nothing (the runs' objects are freed by reference counting). At 10,000 it does not run in
+    a 16,000-run drain at all (python -m bench.cycle with gc.callbacks; bench/RESULTS.md,
+    twelfth run). Objects made after start-up are collected as usual.
     """
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, older, oldest)

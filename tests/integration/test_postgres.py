@@ -4,6 +4,7 @@ the no-pool mode for serverless API processes. On the real server, a fresh datab
 import contextlib
 import threading
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -387,9 +388,8 @@ def _db_now(store: Store) -> int:
     return int(store.read(lambda conn: conn.execute(select(db_now_ms())).scalar_one()))
 
 
-def test_a_prune_racing_a_rerun_of_the_same_run_leaves_the_requeued_run_alone(store):
-    # A rerun commits while the prune's write transaction is between choosing its runs and
-    # deleting them: the prune must see the run queued again and keep it, not delete it by id.
+def _finished_long_ago(store: Store) -> tuple[str, int]:
+    """A run finished an hour before `later` (the prune's clock), and `later`."""
     run, _ = store.create_run("essay", {"topic": "t"})
     later = _db_now(store) + 86_400_000
     with store.engine.begin() as conn:
@@ -397,36 +397,47 @@ def test_a_prune_racing_a_rerun_of_the_same_run_leaves_the_requeued_run_alone(st
             text("UPDATE runs SET status = 'succeeded', completed_at = :t WHERE id = :id"),
             {"t": later - 3_600_000, "id": run["id"]},
         )
-    rerun = psycopg.connect(_dsn(store))  # the rerun, holding the run's row until it commits
-    try:
+    return run["id"], later
+
+
+def _prune_behind(store: Store, holder: psycopg.Connection, later: int) -> Any:
+    """Start a prune while `holder` holds a run's row lock; once the prune waits for it (seen
+    in pg_stat_activity, no sleep), commit `holder`. The prune's report."""
+    reports = []
+    prune = threading.Thread(
+        target=lambda: reports.append(store.prune_runs(older_than_ms=60_000, now_ms=later))
+    )
+    prune.start()
+    with psycopg.connect(_dsn(store), autocommit=True) as admin:
+        wait_for(
+            lambda: (
+                admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                ).fetchone()[0]
+                == 1
+            ),
+            what="the prune to wait for the row lock",
+        )
+    holder.commit()
+    prune.join(20)
+    assert not prune.is_alive()
+    return reports[0]
+
+
+def test_a_prune_racing_a_rerun_of_the_same_run_leaves_the_requeued_run_alone(store):
+    # A rerun commits while the prune's write transaction is between choosing its runs and
+    # deleting them: the prune must see the run queued again and keep it, not delete it by id.
+    run_id, later = _finished_long_ago(store)
+    with psycopg.connect(_dsn(store)) as rerun:  # holds the run's row until it commits
         rerun.execute(
-            "UPDATE runs SET status = 'queued', completed_at = NULL WHERE id = %s", (run["id"],)
+            "UPDATE runs SET status = 'queued', completed_at = NULL WHERE id = %s", (run_id,)
         )
-        reports = []
-        prune = threading.Thread(
-            target=lambda: reports.append(store.prune_runs(older_than_ms=60_000, now_ms=later))
-        )
-        prune.start()
-        with psycopg.connect(_dsn(store), autocommit=True) as admin:
-            wait_for(
-                lambda: (
-                    admin.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND wait_event_type = 'Lock'"
-                    ).fetchone()[0]
-                    == 1
-                ),
-                what="the prune to wait for the rerun's row lock",
-            )
-        rerun.commit()
-        prune.join(20)
-        assert not prune.is_alive()
-    finally:
-        rerun.close()
-    assert reports[0].runs == 0
-    kept = store.get_run(run["id"])
+        report = _prune_behind(store, rerun, later)
+    assert report.runs == 0
+    kept = store.get_run(run_id)
     assert kept["status"] == "queued"
-    assert [e["type"] for e in store.list_events(run["id"], limit=10)["events"]] == ["run.queued"]
+    assert [e["type"] for e in store.list_events(run_id, limit=10)["events"]] == ["run.queued"]
 
 
 def test_events_written_while_a_prune_waits_for_their_run_go_with_it(store):
@@ -434,45 +445,18 @@ def test_events_written_while_a_prune_waits_for_their_run_go_with_it(store):
     # locks its run first, and the prune deletes a run's events only once it holds the run.
     # A writer holding the run's row while it adds an event (as an intent does) must not
     # leave that event behind a prune that was waiting for it.
-    run, _ = store.create_run("essay", {"topic": "t"})
-    later = _db_now(store) + 86_400_000
-    with store.engine.begin() as conn:
-        conn.execute(
-            text("UPDATE runs SET status = 'succeeded', completed_at = :t WHERE id = :id"),
-            {"t": later - 3_600_000, "id": run["id"]},
-        )
-    writer = psycopg.connect(_dsn(store))
-    try:
-        writer.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run["id"],))
+    run_id, later = _finished_long_ago(store)
+    with psycopg.connect(_dsn(store)) as writer:
+        writer.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run_id,))
         writer.execute(
             "INSERT INTO events (run_id, type, message, created_at) VALUES (%s, 'log', 'late', 0)",
-            (run["id"],),
+            (run_id,),
         )
-        reports = []
-        prune = threading.Thread(
-            target=lambda: reports.append(store.prune_runs(older_than_ms=60_000, now_ms=later))
-        )
-        prune.start()
-        with psycopg.connect(_dsn(store), autocommit=True) as admin:
-            wait_for(
-                lambda: (
-                    admin.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND wait_event_type = 'Lock'"
-                    ).fetchone()[0]
-                    == 1
-                ),
-                what="the prune to wait for the writer's row lock",
-            )
-        writer.commit()
-        prune.join(20)
-        assert not prune.is_alive()
-    finally:
-        writer.close()
-    assert reports[0].runs == 1
+        report = _prune_behind(store, writer, later)
+    assert report.runs == 1
     with store.engine.connect() as conn:
         left = conn.execute(
-            text("SELECT count(*) FROM events WHERE run_id = :id"), {"id": run["id"]}
+            text("SELECT count(*) FROM events WHERE run_id = :id"), {"id": run_id}
         ).scalar_one()
     assert left == 0
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from runner.daemon import Runner, RunnerOptions
+from runner.daemon import YOUNG_GENERATION_THRESHOLD, Runner, RunnerOptions
 from shared.errors import ConfigError, LoopdeckError
 from shared.settings import Settings
 
@@ -54,13 +54,17 @@ def start_runner(db_url, store, test_workflows_file):
 def test_a_started_runner_has_its_start_up_objects_out_of_the_collectors_sight(start_runner):
     # gc.freeze after start-up (runner/daemon.py): a full collection walked every module,
     # SQLAlchemy and pydantic structure again, ~40 ms with the GIL held, every few thousand
-    # runs of a drain. Frozen objects stay frozen for the process: this one unfreezes them.
+    # runs of a drain; and the young generation collected less often. Both last for the
+    # process: this test puts them back.
+    threshold = gc.get_threshold()
     gc.unfreeze()
     try:
         start_runner()
         assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold() == (YOUNG_GENERATION_THRESHOLD, *threshold[1:])
     finally:
         gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def finished(store, run_id, timeout=30):
