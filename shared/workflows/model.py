@@ -196,10 +196,10 @@ class Workflow(_Strict):
         """`step` and every step that needs it, directly or not, in step order."""
         assert self.steps is not None
         found = {step}
-        for name in self.step_order():
+        for name in self.ordered_steps:
             if set(self.steps[name].needs) & found:
                 found.add(name)
-        return [name for name in self.step_order() if name in found]
+        return [name for name in self.ordered_steps if name in found]
 
     def definition(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
